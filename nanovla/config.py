@@ -1,0 +1,109 @@
+"""Typed configs for each model component. The whole `ModelConfig` is saved as config.json
+beside the weights; `upgrade_config` fills keys that older checkpoints lack."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class VisionConfig:
+    kind: str = "yolov9"  # yolov9 (ultralytics) | clip | siglip (transformers, local directory)
+    arch: str = "yolov9t.yaml"  # ultralytics architecture yaml, or a local .pt whose weights are loaded
+    path: str = ""  # clip/siglip: local transformers directory
+    layers: tuple[int, ...] = (15, 18, 21)  # yolov9t neck outputs at strides 8/16/32 (forward hooks)
+    strides: tuple[int, ...] = (8, 16, 32)  # stride of each hooked layer
+    feature_layer: int = -2  # clip/siglip: hidden state taken (LLaVA uses the penultimate)
+    image_height: int = 192  # model input; camera frames are resized to this
+    image_width: int = 256
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # after /255 (ultralytics feeds 0..1 as is)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass
+class ProjectorConfig:
+    resampler: str = "grid"  # grid (average-pool every level to one grid) | perceiver (learned queries)
+    grid: tuple[int, int] = (6, 8)  # grid resampler: (rows, cols) -> rows*cols image tokens
+    num_queries: int = 48  # perceiver resampler: number of image tokens
+    width: int = 256  # resampler width (perceiver) / MLP hidden width
+    heads: int = 4  # perceiver cross-attention heads
+    depth: int = 2  # perceiver cross-attention blocks
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int = 1024  # set from the tokenizer
+    n_layer: int = 6  # transformer blocks
+    n_embd: int = 256  # model width
+    n_head: int = 4  # query heads
+    n_kv_head: int = 2  # key/value heads (GQA): n_head must be a multiple
+    mlp_hidden: int = 704  # SwiGLU hidden width (~2.75x n_embd, a multiple of 64)
+    max_seq_len: int = 384  # RoPE table length; image tokens count
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True  # output head shares the token embedding
+    attention_bias: bool = False  # Qwen2 has q/k/v biases
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    @property
+    def image_tokens(self) -> int:
+        p = self.projector
+        return p.grid[0] * p.grid[1] if p.resampler == "grid" else p.num_queries
+
+    def validate(self) -> None:
+        d, v, p = self.decoder, self.vision, self.projector
+        if d.n_embd % d.n_head or d.n_head % d.n_kv_head:
+            raise ValueError(f"n_embd={d.n_embd}, n_head={d.n_head}, n_kv_head={d.n_kv_head}: "
+                             "n_embd must divide by n_head and n_head by n_kv_head")
+        if (d.n_embd // d.n_head) % 2:
+            raise ValueError("head dimension must be even for RoPE")
+        if p.resampler not in ("grid", "perceiver"):
+            raise ValueError(f"unknown resampler {p.resampler!r}; expected grid or perceiver")
+        if v.kind == "yolov9" and p.resampler == "grid":
+            for s in v.strides:
+                if v.image_height % s or (v.image_height // s) % p.grid[0]:
+                    raise ValueError(f"image height {v.image_height} at stride {s} does not pool to {p.grid[0]} rows")
+                if v.image_width % s or (v.image_width // s) % p.grid[1]:
+                    raise ValueError(f"image width {v.image_width} at stride {s} does not pool to {p.grid[1]} cols")
+        if self.image_tokens + 16 > d.max_seq_len:
+            raise ValueError(f"max_seq_len={d.max_seq_len} leaves no room after {self.image_tokens} image tokens")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = upgrade_config(data)
+        return cls(
+            vision=_build(VisionConfig, data.get("vision", {}), "vision"),
+            projector=_build(ProjectorConfig, data.get("projector", {}), "projector"),
+            decoder=_build(DecoderConfig, data.get("decoder", {}), "decoder"),
+        )
+
+
+def upgrade_config(data: dict) -> dict:
+    """Fill in keys that older config.json files lack (explicitly, one place).
+
+    Missing fields of a section take the dataclass default, which is what the model had before
+    the field existed; nothing else is guessed."""
+    return dict(data)
+
+
+def _build(cls, values: dict, section: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"config section {section!r} has unknown keys: {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for k, v in values.items():
+        default = getattr(cls(), k)
+        kwargs[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
+    return cls(**kwargs)

@@ -1,0 +1,154 @@
+"""Captions and question-answer pairs derived from a scene graph (the ground truth).
+
+Every sentence here is a function of the scene graph alone, so the same scene always gets the
+same caption and the same answers. Places are coarse on purpose: thirds of the frame for
+left/middle/right, the base point's height for back/front (further from the camera = higher in
+the frame).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .scenes import COLOR_NAMES, HEIGHT, HELDOUT_PAIRS, KINDS, WIDTH, Scene, SceneObject
+
+DESCRIBE_PROMPT = "describe the scene."
+QA_TYPES = ("exist", "count", "color", "kind", "left_right", "near_far", "left_of")
+
+# minimum separations below which a relation is too close to call (pixels in a 640x480 frame)
+MARGIN_X = 0.06 * WIDTH
+MARGIN_Y = 0.05 * HEIGHT
+
+_PLURAL = {"box": "boxes", "glass": "glasses"}
+_NUMBERS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+
+
+def plural(kind: str) -> str:
+    return _PLURAL.get(kind, kind + "s")
+
+
+def place(o: SceneObject, width: int = WIDTH, height: int = HEIGHT) -> str:
+    cx = o.cx
+    horizontal = "on the left" if cx < width / 3 else ("on the right" if cx > 2 * width / 3 else "in the middle")
+    depth = "at the back" if o.y < 0.66 * height else "at the front"
+    return f"{horizontal} {depth}"
+
+
+def with_article(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def caption(scene: Scene) -> str:
+    """'a red cube on the left at the back, a blue ball in the middle at the front and ...'"""
+    if not scene.objects:
+        return "the table is empty."
+    parts = [f"{with_article(o.name)} {place(o, scene.width, scene.height)}" for o in sorted(scene.objects, key=lambda o: o.cx)]
+    if len(parts) == 1:
+        return parts[0] + "."
+    return ", ".join(parts[:-1]) + " and " + parts[-1] + "."
+
+
+def _left_of(scene: Scene, target: SceneObject) -> str | None:
+    """The object directly left of `target` (nearest centre on its left); None when too close to call."""
+    others = [o for o in scene.objects if o is not target]
+    if any(abs(o.cx - target.cx) <= MARGIN_X for o in others):
+        return None
+    left = sorted((o for o in others if o.cx < target.cx), key=lambda o: target.cx - o.cx)
+    if not left:
+        return "nothing"
+    if len(left) > 1 and left[0].cx - left[1].cx <= MARGIN_X:
+        return None
+    return f"the {left[0].name}"
+
+
+def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train") -> list[dict]:
+    """Every well-posed question about the scene, each {'question', 'answer', 'type'}."""
+    objs = scene.objects
+    present = {(o.color, o.kind) for o in objs}
+    qa: list[dict] = []
+
+    def add(question: str, answer: str, kind: str) -> None:
+        qa.append({"question": question, "answer": answer, "type": kind})
+
+    # existence: every present object, and as many absent pairs (never a held-out pair outside heldout)
+    for o in objs:
+        add(f"is there {with_article(o.name)}?", "yes", "exist")
+    absent = [(c, k) for c in COLOR_NAMES for k in KINDS
+              if (c, k) not in present and (split == "heldout" or (c, k) not in HELDOUT_PAIRS)]
+    for i in rng.permutation(len(absent))[: max(2, len(objs))]:
+        c, k = absent[int(i)]
+        add(f"is there {with_article(c + ' ' + k)}?", "no", "exist")
+    # counting
+    add("how many objects are there?", str(len(objs)), "count")
+    for k in KINDS:
+        n = sum(o.kind == k for o in objs)
+        if n or rng.random() < 0.15:
+            add(f"how many {plural(k)} are there?", str(n), "count")
+    for c in COLOR_NAMES:
+        n = sum(o.color == c for o in objs)
+        if n or rng.random() < 0.1:
+            add(f"how many {c} objects are there?", str(n), "count")
+    # attributes of unique objects
+    for o in objs:
+        if sum(p.kind == o.kind for p in objs) == 1:
+            add(f"what colour is the {o.kind}?", o.color, "color")
+        if sum(p.color == o.color for p in objs) == 1:
+            add(f"what is the {o.color} object?", o.kind, "kind")
+    # pairwise relations
+    for a in objs:
+        for b in objs:
+            if a is b:
+                continue
+            if abs(a.cx - b.cx) > MARGIN_X:
+                add(f"is the {a.name} left or right of the {b.name}?", "left" if a.cx < b.cx else "right", "left_right")
+            if abs(a.y - b.y) > MARGIN_Y:
+                add(f"is the {a.name} nearer or farther than the {b.name}?", "nearer" if a.y > b.y else "farther",
+                    "near_far")
+        answer = _left_of(scene, a)
+        if answer is not None:
+            add(f"what is directly left of the {a.name}?", answer, "left_of")
+    return qa
+
+
+def sample_questions(scene: Scene, rng: np.random.Generator, split: str = "train", k: int = 8) -> list[dict]:
+    """Up to k questions, spread over the question types (round-robin over shuffled types)."""
+    pool = all_questions(scene, rng, split)
+    if split == "heldout":  # keep the questions about held-out objects first
+        def involves_heldout(q: dict) -> bool:
+            text = q["question"] + " " + q["answer"]
+            return any(f"{c} {kk}" in text for c, kk in HELDOUT_PAIRS)
+        pool.sort(key=lambda q: not involves_heldout(q))
+    by_type: dict[str, list[dict]] = {}
+    for q in pool:
+        by_type.setdefault(q["type"], []).append(q)
+    for qs in by_type.values():
+        if split != "heldout":
+            order = rng.permutation(len(qs))
+            qs[:] = [qs[int(i)] for i in order]
+    types = list(by_type)
+    rng.shuffle(types)
+    chosen: list[dict] = []
+    while len(chosen) < k and any(by_type.values()):
+        for t in types:
+            if by_type[t] and len(chosen) < k:
+                chosen.append(by_type[t].pop(0))
+    return chosen
+
+
+# ----------------------------------------------------------------------------- evaluation helpers
+
+def normalize_answer(text: str) -> str:
+    text = text.lower().strip()
+    text = re.sub(r"[^a-z0-9 ]", " ", text)
+    text = re.sub(r"\b(a|an)\b", " ", text)
+    return " ".join(text.split())
+
+
+_MENTION = re.compile(r"\b(" + "|".join(COLOR_NAMES) + r")\s+(" + "|".join(KINDS) + r")\b")
+
+
+def caption_mentions(text: str) -> list[tuple[str, str]]:
+    """(colour, kind) mentions in a caption: a colour word directly followed by a kind word."""
+    return [(m.group(1), m.group(2)) for m in _MENTION.finditer(text.lower())]

@@ -1,0 +1,121 @@
+"""The backend-neutral runtime interface (no torch import here: a bundle runs without it)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..data.language import DESCRIBE_PROMPT
+from ..preprocess import check_rgb
+
+# backend name -> "module:Class"; imported only when chosen, so torch stays optional
+BACKENDS: dict[str, str] = {
+    "torch": "nanovla.runtime.torch_backend:TorchRuntime",
+    "onnxruntime": "nanovla.runtime.ort_backend:OnnxRuntime",
+    "tensorrt": "nanovla.runtime.trt_backend:TensorRTRuntime",
+}
+
+# on_token(token_id, text_so_far) -> False to stop generating (streaming / cancellation)
+StreamCallback = Callable[[int, str], "bool | None"]
+
+
+class RuntimeError_(ValueError):
+    """A model/backend that cannot be loaded or used; the message is one line."""
+
+
+@dataclass
+class Answer:
+    text: str
+    token_ids: list[int]
+    latency_ms: float  # this call, end to end (encode included when the call encoded)
+    encode_ms: float = 0.0  # vision encode + image-prefix prefill
+    first_token_ms: float = 0.0  # from the start of generation to the first token
+    stopped: bool = False  # True when on_token asked to stop
+
+
+class Runtime(ABC):
+    backend: str = ""
+    model_path: str = ""
+    image_height: int = 0
+    image_width: int = 0
+
+    @abstractmethod
+    def encode(self, image: np.ndarray) -> Any:
+        """RGB uint8 (H, W, 3) frame -> an image context (kept and reused across questions)."""
+
+    @abstractmethod
+    def _generate(self, context: Any, question: str, max_new_tokens: int, temperature: float, top_k: int,
+                  top_p: float, seed: int | None, on_token: StreamCallback | None) -> list[int]:
+        """Token ids of the answer (stop token excluded)."""
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str:
+        ...
+
+    def describe_params(self) -> dict:
+        return {"backend": self.backend, "model": self.model_path}
+
+    def generate(self, context: Any, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                 on_token: StreamCallback | None = None) -> Answer:
+        from ..tokenizer import check_question
+
+        question = check_question(question)
+        t0 = time.perf_counter()
+        first: list[float] = []
+        stopped = [False]
+
+        def hook(token: int, text: str):
+            if not first:
+                first.append((time.perf_counter() - t0) * 1000)
+            if on_token is not None and on_token(token, text) is False:
+                stopped[0] = True
+                return False
+            return None
+
+        ids = self._generate(context, question, max_new_tokens, temperature, top_k, top_p, seed, hook)
+        latency = (time.perf_counter() - t0) * 1000
+        return Answer(self.decode(ids).strip(), ids, latency, 0.0, first[0] if first else latency, stopped[0])
+
+    def ask(self, image: np.ndarray, question: str, **kwargs) -> Answer:
+        t0 = time.perf_counter()
+        context = self.encode(check_rgb(image))
+        answer = self.generate(context, question, **kwargs)
+        answer.encode_ms = getattr(context, "encode_ms", 0.0)
+        answer.latency_ms = (time.perf_counter() - t0) * 1000
+        return answer
+
+    def describe(self, image: np.ndarray, **kwargs) -> Answer:
+        return self.ask(image, DESCRIBE_PROMPT, **kwargs)
+
+    def close(self) -> None:
+        """Free the model (ROS lifecycle cleanup)."""
+
+
+def resolve_model(model: str | None) -> str:
+    from ..paths import default_model_dir
+
+    path = model or default_model_dir()
+    if not os.path.isdir(path):
+        raise RuntimeError_(f"{path}: no such model directory (a checkpoint or an exported bundle)")
+    return path
+
+
+def load_runtime(model: str | None = None, backend: str = "torch", device: str = "cpu", threads: int | None = None,
+                 **options) -> Runtime:
+    """Load a checkpoint or bundle directory with the named backend."""
+    if backend not in BACKENDS:
+        raise RuntimeError_(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = resolve_model(model)
+    module_name, cls_name = BACKENDS[backend].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise RuntimeError_(f"backend {backend!r} is not available here: {e}") from None
+    return getattr(module, cls_name)(path, device=device, threads=threads, **options)

@@ -1,0 +1,344 @@
+"""The training loop shared by every stage.
+
+    stage text  : the decoder learns the caption/answer language (text only; fresh model + tokenizer)
+    stage align : only the projector trains (plus the vision encoder if `train_vision`), on captions
+    stage sft   : projector + the last K decoder layers (+ vision), on a caption/answer/text mixture
+                  balanced by answer tokens
+
+CPU or CUDA (bf16 autocast), several GPUs with `torchrun` (DDP), resumable from `<out>.resume/`
+(optimizer state in safetensors, never pickled), a progress line with loss, tokens/s and ETA,
+and an evaluation written to metrics.json next to the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ModelConfig
+from .data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache
+from .tokenizer import Tokenizer
+from .vlm import VisionLanguageModel
+
+STAGES = ("text", "align", "sft")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "sft"  # text | align | sft
+    init: str = ""  # checkpoint to start from; "" builds a fresh model and tokenizer (text stage)
+    out: str = "runs/model"  # checkpoint directory written at the end (and at every save)
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # rows per step per process
+    lr: float = 1e-3  # peak learning rate (projector / decoder)
+    vision_lr: float = 5e-4  # peak learning rate of the vision encoder when it trains
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decay down to lr * this
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    train_vision: bool = False  # also train the vision encoder (end-to-end)
+    train_last_k: int = 0  # decoder layers trained (from the top); -1 = all, with embeddings
+    caption_share: float = 0.4  # mixture shares of *answer tokens*
+    qa_share: float = 0.45
+    text_share: float = 0.15
+    qa_turns: int = 4  # questions per image in a qa example (1..qa_turns)
+    data: str = ""  # a data.jsonl directory; "" = the procedural tabletop scenes
+    num_scenes: int = 40000  # tabletop scenes rendered for training
+    data_seed: int = 0
+    eval_scenes: int = 100  # eval split scenes scored at the end (0 = skip)
+    heldout_scenes: int = 50  # heldout split scenes scored at the end
+    eval_seed: int = 999  # never the training seed
+    vocab_size: int = 1024  # tokenizer size for a fresh model
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    log_every: int = 10
+    save_every: int = 250  # steps between resumable saves
+    seed: int = 1337
+    cache_dir: str = "runs/cache"
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.stage != "text" and not self.init:
+            raise ValueError(f"stage {self.stage!r} needs --init CHECKPOINT (the previous stage's output)")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        return rank, world, torch.device(f"cuda:{local}" if device == "cuda" else "cpu")
+    return 0, 1, torch.device(device)
+
+
+def set_trainable(model: VisionLanguageModel, cfg: TrainConfig) -> dict[str, list]:
+    """Freeze everything, then unfreeze what the stage trains; returns optimizer param groups."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    decoder = model.decoder
+    groups: dict[str, list] = {"decoder": [], "projector": [], "vision": []}
+    if cfg.stage == "text":
+        groups["decoder"] = list(decoder.parameters())
+    else:
+        groups["projector"] = list(model.projector.parameters())
+        k = cfg.train_last_k
+        if k < 0:
+            groups["decoder"] = list(decoder.parameters())
+        elif k > 0:
+            for layer in decoder.layers[-k:]:
+                groups["decoder"] += list(layer.parameters())
+            groups["decoder"] += list(decoder.norm.parameters())
+    if cfg.train_vision and cfg.stage != "text":
+        groups["vision"] = list(model.vision.parameters())
+    for ps in groups.values():
+        for p in ps:
+            p.requires_grad_(True)
+    return groups
+
+
+def build_optimizer(groups: dict[str, list], cfg: TrainConfig) -> torch.optim.Optimizer:
+    param_groups = []
+    for name, params in groups.items():
+        if not params:
+            continue
+        lr = cfg.vision_lr if name == "vision" else cfg.lr
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        param_groups.append({"params": decay, "lr": lr, "base_lr": lr, "weight_decay": cfg.weight_decay})
+        param_groups.append({"params": no_decay, "lr": lr, "base_lr": lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(param_groups, betas=(0.9, 0.95), eps=1e-8)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def save_resume_state(path: str, model: VisionLanguageModel, tokenizer: Tokenizer, opt: torch.optim.Optimizer,
+                      step: int, cfg: TrainConfig) -> None:
+    """Weights + optimizer moments (safetensors) + step, so a killed run continues exactly there."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import atomic_directory_write
+
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def write(tmp: str) -> None:
+        save_checkpoint(os.path.join(tmp, "model"), model, tokenizer)
+        tensors = {}
+        for group in opt.param_groups:
+            for p in group["params"]:
+                state = opt.state.get(p)
+                if state:
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        tensors[f"{names[id(p)]}::{key}"] = state[key].detach().cpu().contiguous()
+                    tensors[f"{names[id(p)]}::step"] = torch.as_tensor(state["step"]).reshape(1).float()
+        save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump({"step": step, "config": dataclasses.asdict(cfg)}, f, indent=2)
+
+    atomic_directory_write(path, write)
+
+
+def load_resume_state(path: str, model: VisionLanguageModel, opt: torch.optim.Optimizer) -> int:
+    from safetensors.torch import load_file
+
+    tensors = load_file(os.path.join(path, "optimizer.safetensors"))
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        name, field_name = key.split("::")
+        p = params[name]
+        state = opt.state.setdefault(p, {})
+        if field_name == "step":
+            state["step"] = torch.tensor(float(value.item()))
+        else:
+            state[field_name] = value.to(p.device)
+    with open(os.path.join(path, "state.json")) as f:
+        return int(json.load(f)["step"])
+
+
+class Progress:
+    """One line, rewritten in place on a terminal and printed every log_every steps elsewhere."""
+
+    def __init__(self, total: int, stage: str, start: int):
+        self.total, self.stage, self.start = total, stage, start
+        self.t0 = time.perf_counter()
+        self.tokens = 0
+        self.tty = sys.stderr.isatty()
+
+    def update(self, step: int, loss: float, tokens: int) -> None:
+        self.tokens += tokens
+        elapsed = time.perf_counter() - self.t0
+        done = step + 1 - self.start
+        rate = self.tokens / max(elapsed, 1e-9)
+        eta = (self.total - step - 1) * elapsed / max(done, 1)
+        width = 24
+        filled = int(width * (step + 1) / self.total)
+        line = (f"[{self.stage}] {'#' * filled}{'.' * (width - filled)} {step + 1}/{self.total} loss {loss:.4f} "
+                f"{rate:,.0f} tok/s elapsed {elapsed / 60:.1f}m eta {eta / 60:.1f}m")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def build_fresh(model_cfg: ModelConfig, cfg: TrainConfig, data: SceneSet, log) -> tuple[VisionLanguageModel, Tokenizer]:
+    tokenizer = Tokenizer.train(corpus(data, np.random.default_rng(cfg.seed)), vocab_size=cfg.vocab_size)
+    model_cfg.decoder.vocab_size = tokenizer.vocab_size
+    model = VisionLanguageModel(model_cfg, tokenizer.image_id)
+    log(f"fresh model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"tokenizer of {tokenizer.vocab_size} tokens")
+    return model, tokenizer
+
+
+def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> dict:
+    cfg.validate()
+    rank, world, device = setup_distributed(cfg.device)
+    master = rank == 0
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True) if master else None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + rank)
+
+    # data first: a fresh tokenizer is trained on it
+    if cfg.init:
+        model, tokenizer, _ = load_checkpoint(cfg.init)
+        model_cfg = model.cfg
+    else:
+        model_cfg = model_cfg or ModelConfig()
+    v = model_cfg.vision
+    if cfg.data:
+        data = load_data_dir(cfg.data, v.image_height, v.image_width, log=log)
+    else:
+        if world > 1 and not master:
+            dist.barrier()  # rank 0 renders the cache, the others then open it
+        data = render_cache("train", cfg.data_seed, cfg.num_scenes, v.image_height, v.image_width, cfg.cache_dir,
+                            workers=max(1, (os.cpu_count() or 2)), log=log)
+        if world > 1 and master:
+            dist.barrier()
+    if not cfg.init:
+        model, tokenizer = build_fresh(model_cfg, cfg, data, log)
+    model.to(device).train()
+
+    groups = set_trainable(model, cfg)
+    if not groups["vision"]:
+        model.vision.eval()  # a frozen encoder keeps its BatchNorm statistics
+    opt = build_optimizer(groups, cfg)
+    resume_dir = cfg.out.rstrip("/") + ".resume"
+    start = 0
+    if os.path.isfile(os.path.join(resume_dir, "state.json")):
+        resumed, _, _ = load_checkpoint(os.path.join(resume_dir, "model"))
+        model.load_state_dict(resumed.state_dict())
+        start = load_resume_state(resume_dir, model, opt)
+        log(f"resumed {cfg.stage} from {resume_dir} at step {start}")
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"stage {cfg.stage}: training {n_train / 1e6:.2f}M parameters "
+        f"({', '.join(k for k, ps in groups.items() if ps)}), {world} process(es) on {device}")
+
+    if cfg.stage == "text":
+        shares, image_tokens = {"caption": 0.3, "qa": 0.4, "text": 0.3}, 0
+    elif cfg.stage == "align":
+        shares, image_tokens = {"caption": 1.0}, model.image_tokens
+    else:
+        shares = {"caption": cfg.caption_share, "qa": cfg.qa_share, "text": cfg.text_share}
+        image_tokens = model.image_tokens
+    mixture = Mixture(data, tokenizer, image_tokens, shares, seed=cfg.seed + 1000 * rank + start,
+                      max_len=model_cfg.decoder.max_seq_len, qa_turns=cfg.qa_turns)
+    log("mixture: " + ", ".join(f"{k} p={p:.2f} (~{mixture.mean_answer_tokens[k]:.1f} answer tokens)"
+                                for k, p in zip(mixture.kinds, mixture.probs)))
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    progress = Progress(cfg.steps, cfg.stage, start) if master else None
+    trainable = [p for ps in groups.values() for p in ps]
+    loss_value = float("nan")
+    for step in range(start, cfg.steps):
+        factor = lr_factor(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        ids, mask, pixels = mixture.batch(cfg.batch_size, tokenizer.pad_id)
+        ids_t = torch.from_numpy(ids).to(device)
+        mask_t = torch.from_numpy(mask).to(device)
+        pix_t = torch.from_numpy(pixels).to(device) if (pixels is not None and image_tokens) else None
+        with autocast:
+            loss = ddp_model(ids_t, mask_t, pix_t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        opt.step()
+        loss_value = loss.detach()
+        if world > 1:
+            dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
+        loss_value = float(loss_value)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the learning rate")
+        if master and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            progress.update(step, loss_value, int((ids != tokenizer.pad_id).sum()) * world * cfg.log_every)
+        if master and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            save_resume_state(resume_dir, model, tokenizer, opt, step + 1, cfg)
+    if progress:
+        progress.close()
+
+    metrics: dict = {"stage": cfg.stage, "steps": cfg.steps, "final_loss": loss_value,
+                     "train_config": dataclasses.asdict(cfg)}
+    if master:
+        model.eval()
+        if cfg.stage != "text" and (cfg.eval_scenes or cfg.heldout_scenes):
+            metrics.update(evaluate_model(model, tokenizer, cfg, device, log))
+        save_checkpoint(cfg.out, model, tokenizer, metrics)
+        shutil.rmtree(resume_dir, ignore_errors=True)
+        log(f"wrote {cfg.out}")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+def evaluate_model(model, tokenizer, cfg: TrainConfig, device, log) -> dict:
+    from .evaluate import evaluate, generated_rows
+    from .runtime.torch_backend import TorchRuntime
+
+    runtime = TorchRuntime.from_model(model.float(), tokenizer, device=str(device))
+    out = {}
+    if cfg.eval_scenes:
+        out["eval"] = evaluate(runtime, generated_rows("eval", cfg.eval_seed, cfg.eval_scenes))
+        out["eval"].pop("wrong_examples")
+        log(f"eval ({cfg.eval_scenes} scenes): exact match {out['eval']['exact_match']:.3f}, "
+            f"caption F1 {out['eval']['caption']['f1']:.3f}")
+    if cfg.heldout_scenes:
+        out["heldout"] = evaluate(runtime, generated_rows("heldout", cfg.eval_seed, cfg.heldout_scenes))
+        out["heldout"].pop("wrong_examples")
+        log(f"heldout ({cfg.heldout_scenes} scenes): exact match {out['heldout']['exact_match']:.3f}, "
+            f"caption F1 {out['heldout']['caption']['f1']:.3f}")
+    return out

@@ -330,9 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="run a training stage or a recipe")
     t.add_argument("--recipe", help="a recipe .toml running several stages")
     t.add_argument("--only", help="with --recipe: run only this stage name")
-    from .train import TrainConfig
+    try:  # training needs torch; a robot with only a bundle and onnxruntime has none
+        from .train import TrainConfig
 
-    add_dataclass_args(t, TrainConfig)
+        add_dataclass_args(t, TrainConfig)
+    except ImportError:
+        pass
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("info", help="print a model's config and metrics")
@@ -343,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         from .export.cli import add_export_parser
 
         add_export_parser(sub)
+    except ImportError:
+        pass
+    try:  # pretrained parts and data sets from disk: init, generate, data from-rosbag, ...
+        from .cli_hf import add_parsers
+
+        add_parsers(sub, data)
     except ImportError:
         pass
     return parser

@@ -76,7 +76,8 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.stop_ids = {tokenizer.assistant_end_id, tokenizer.user_start_id, tokenizer.bos_id, tokenizer.pad_id}
+        # any control token ends an answer (an <|image|> in the output would also corrupt the cache)
+        self.stop_ids = set(tokenizer.special_ids().values())
         self.max_len = model.cfg.decoder.max_seq_len
 
     @torch.inference_mode()

@@ -127,6 +127,9 @@ def check_question(question: str) -> str:
         raise ValueError("empty question")
     if len(question) > MAX_QUESTION_CHARS:
         raise ValueError(f"question is {len(question)} characters; at most {MAX_QUESTION_CHARS} are accepted")
+    for token in SPECIAL_TOKENS:
+        if token in question:
+            raise ValueError(f"question contains the reserved token {token}")
     return question
 
 

@@ -209,6 +209,12 @@ def cmd_eval(args) -> int:
     from .preprocess import ImageError, load_image
 
     path = os.path.join(args.data, "data.jsonl")
+    try:  # LLaVA/COCO/VQA/GQA/HF data sets and rosbag frames are scored by cli_hf
+        from .cli_hf import cmd_eval_format, wants_format_eval
+    except ImportError:
+        wants_format_eval = None
+    if wants_format_eval is not None and wants_format_eval(args):
+        return cmd_eval_format(args)
     if not os.path.isfile(path):
         raise CLIError(f"{args.data}: no data.jsonl (make one with `nanovla data generate`)")
     runtime = _load_runtime(args)

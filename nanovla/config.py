@@ -12,7 +12,9 @@ from typing import Any
 class VisionConfig:
     kind: str = "yolov9"  # yolov9 (ultralytics) | clip | siglip (transformers, local directory)
     arch: str = "yolov9t.yaml"  # ultralytics architecture yaml, or a local .pt whose weights are loaded
-    path: str = ""  # clip/siglip: local transformers directory
+    path: str = ""  # clip/siglip: local transformers directory (read when hf_config is empty)
+    hf_config: dict = field(default_factory=dict)  # clip/siglip: the vision tower's transformers config,
+    # filled by `nanovla init`, so a checkpoint rebuilds the tower without `path` (weights come from it)
     layers: tuple[int, ...] = (15, 18, 21)  # yolov9t neck outputs at strides 8/16/32 (forward hooks)
     strides: tuple[int, ...] = (8, 16, 32)  # stride of each hooked layer
     feature_layer: int = -2  # clip/siglip: hidden state taken (LLaVA uses the penultimate)
@@ -45,6 +47,10 @@ class DecoderConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # output head shares the token embedding
     attention_bias: bool = False  # Qwen2 has q/k/v biases
+    # RoPE frequency scaling of long-context checkpoints (Hugging Face `rope_scaling`): {} = none,
+    # {"rope_type": "linear", "factor": f} or {"rope_type": "llama3", "factor", "low_freq_factor",
+    # "high_freq_factor", "original_max_position_embeddings"}
+    rope_scaling: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -3,9 +3,12 @@ with a KV cache passed in and out as plain tensors (so the same code exports to 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .config import DecoderConfig
 
@@ -25,8 +28,28 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def scale_rope_frequencies(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """Hugging Face's static RoPE scalings ("linear", "llama3"); dynamic ones are refused."""
+    if not scaling or scaling.get("rope_type", scaling.get("type", "default")) == "default":
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":  # Llama 3.1: long wavelengths divided by factor, a smooth ramp in between
+        factor, low, high = float(scaling["factor"]), float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"RoPE scaling {kind!r} is not supported (linear and llama3 are)")
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    inv_freq = scale_rope_frequencies(inv_freq, scaling)
     t = torch.arange(max_len, dtype=torch.float32)
     freqs = torch.outer(t, inv_freq)  # (T, head_dim/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim), HF "rotate_half" layout
@@ -59,14 +82,12 @@ class Attention(nn.Module):
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         present = (k, v)
-        groups = self.n_head // self.n_kv_head
-        if groups > 1:  # expand kv heads for the grouped query heads
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+        # grouped query heads read their kv head in place (enable_gqa): no copy of the cache per step
+        gqa = self.n_head != self.n_kv_head
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(y), present
 
@@ -107,9 +128,10 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.activation_checkpointing = False  # set by training (TrainConfig.activation_checkpointing)
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -143,8 +165,12 @@ class GPT(nn.Module):
             mask = key_pos[None, :] <= pos[:, None]  # (T, total), True = attend
         x = embeds
         presents: KVCache = []
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and past is None
         for i, layer in enumerate(self.layers):
-            x, present = layer(x, cos, sin, None if past is None else past[i], mask)
+            if recompute:  # activations of each block are recomputed in backward (training only)
+                x, present = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, None, mask, use_reentrant=False)
+            else:
+                x, present = layer(x, cos, sin, None if past is None else past[i], mask)
             presents.append(present)
         x = self.norm(x)
         if hidden_positions is not None:

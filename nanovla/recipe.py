@@ -13,6 +13,10 @@
     ...
     [recipe]
     final = "nanovla/assets/default_model"   # the last stage's output is copied here
+    [recipe.init]                            # optional: the first checkpoint from pretrained parts
+    encoder = "${MODELS}/siglip-base-patch16-224"   # (nanovla init; $VARS are expanded in paths)
+    decoder = "${MODELS}/SmolLM2-135M"
+    out = "runs/gpu/init"
 """
 
 from __future__ import annotations
@@ -54,13 +58,58 @@ def load_recipe(path: str) -> tuple[ModelConfig, list[tuple[str, TrainConfig]], 
     return model_cfg, stages, data.get("recipe", {})
 
 
-def run_recipe(path: str, only: str | None = None) -> None:
+def expand(value, where: str):
+    """$VARS in recipe paths (`${MODELS}/SmolLM2-135M`): one recipe for every machine's layout."""
+    if isinstance(value, str) and "$" in value:
+        expanded = os.path.expandvars(value)
+        if "$" in expanded:
+            raise ValueError(f"{where}: {value!r} names an unset environment variable")
+        return expanded
+    if isinstance(value, list):
+        return [expand(v, where) for v in value]
+    if isinstance(value, dict):
+        return {k: expand(v, where) for k, v in value.items()}
+    return value
+
+
+def run_init(spec: dict, log=print) -> None:
+    """`[recipe.init]`: build the starting checkpoint from pretrained parts (`nanovla init`) once.
+    Under torchrun only rank 0 builds it; the other ranks wait for it."""
+    spec = expand(spec, "[recipe.init]")
+    out = spec["out"]
+    if os.path.isfile(os.path.join(out, "model.safetensors")):
+        log(f"recipe: init: {out} exists, skipping")
+        return
+    if int(os.environ.get("RANK", "0")) != 0:
+        deadline = time.time() + 3600
+        while not os.path.isfile(os.path.join(out, "model.safetensors")):
+            if time.time() > deadline:
+                raise TimeoutError(f"rank {os.environ.get('RANK')}: {out} did not appear within an hour")
+            time.sleep(2)
+        return
+    from .pretrained import init_checkpoint
+
+    size = spec.get("image_size")
+    init_checkpoint(spec["encoder"], spec["decoder"], out, image_tokens=int(spec.get("image_tokens", 0)),
+                    max_seq_len=int(spec.get("max_seq_len", 0)), image_size=tuple(size) if size else None,
+                    resampler=spec.get("resampler", "auto"), log=log)
+
+
+def run_recipe(path: str, only: str | None = None, overrides: dict | None = None) -> None:
+    """Run the recipe's stages in order; `overrides` replace TrainConfig fields of every stage
+    (a smoke run: {"steps": 2, "device": "cpu"})."""
     model_cfg, stages, meta = load_recipe(path)
     t0 = time.perf_counter()
     timings = {}
+    if meta.get("init") and not only:
+        run_init({**meta["init"], **(overrides or {}).get("init", {})}, log=lambda m: print(m, file=sys.stderr))
     for name, cfg in stages:
         if only and name != only:
             continue
+        changes = {k: v for k, v in (overrides or {}).items() if k != "init"}
+        paths = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                 if isinstance(getattr(cfg, f.name), (str, list))}
+        cfg = dataclasses.replace(cfg, **{**expand(paths, f"stage {name!r}"), **changes})
         if os.path.isfile(os.path.join(cfg.out, "model.safetensors")) and not os.path.isdir(cfg.out + ".resume"):
             print(f"recipe: {name}: {cfg.out} exists, skipping (delete it to retrain)", file=sys.stderr)
             continue

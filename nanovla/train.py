@@ -5,13 +5,25 @@
     stage sft   : projector + the last K decoder layers (+ vision), on a caption/answer/text mixture
                   balanced by answer tokens
 
-CPU or CUDA (bf16 autocast), several GPUs with `torchrun` (DDP), resumable from `<out>.resume/`
-(optimizer state in safetensors, never pickled), a progress line with loss, tokens/s and ETA,
-and an evaluation written to metrics.json next to the weights.
+CPU or CUDA (bf16 autocast), several GPUs with `torchrun` (DDP, or FSDP for decoders that do not
+fit one GPU), gradient accumulation, activation checkpointing, optional `torch.compile`,
+per-module learning rates, resumable from `<out>.resume/` (weights, optimizer state and the data
+position; safetensors + JSON, never pickled), checkpoints written by rank 0 atomically, a
+progress line with loss, tokens/s, MFU and ETA, and an evaluation written to metrics.json next to
+the weights.
+
+Data: the procedural tabletop scenes or a `nanovla data generate` directory (`data`), or data
+sets from disk (`sources`, or a LLaVA/COCO/VQA/GQA/HF path in `data`; nanovla.data.formats),
+sampled by `nanovla.data.packing.SourceMixture`.
+
+With several processes or micro-steps the loss is the mean over every supervised token of the
+global batch (each micro-batch's mean is weighted by its token count), so N processes x B rows
+train exactly as one process with N*B rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -19,7 +31,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,6 +41,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache
 from .tokenizer import Tokenizer
+from .scale import (FlopsModel, full_optimizer_tensors, full_state, load_full_optimizer, peak_flops, plain_copy,
+                    wrap_distributed)
 from .vlm import VisionLanguageModel
 
 STAGES = ("text", "align", "sft")
@@ -66,6 +80,22 @@ class TrainConfig:
     save_every: int = 250  # steps between resumable saves
     seed: int = 1337
     cache_dir: str = "runs/cache"
+    # ---- data sets from disk and scale-out (issue 5); every default keeps the behaviour above
+    sources: list = field(default_factory=list)  # [{path, weight, format, images, annotations}]: in a
+    # recipe `[[stage.sources]]`; weights are shares of answer tokens
+    images: str = ""  # image folder when `data` is a LLaVA/COCO/VQA/GQA/HF data set
+    data_format: str = "auto"  # format of `data` when it is not a nanovla directory
+    pack: bool = True  # sources: pack whole examples into rows up to max_seq_len
+    data_workers: int = 4  # sources: threads decoding images
+    grad_accum: int = 1  # micro-steps per optimizer step: global batch = batch_size x grad_accum x processes
+    global_batch: int = 0  # rows per optimizer step over all processes; sets grad_accum (0 = use grad_accum)
+    projector_lr: float = 0.0  # peak learning rate of the projector (0 = lr)
+    decoder_lr: float = 0.0  # peak learning rate of the decoder (0 = lr)
+    dtype: str = "bfloat16"  # CUDA autocast dtype: bfloat16 | float16 | float32 (off); CPU runs float32
+    fsdp: bool = False  # with several processes: shard parameters, gradients and optimizer state (FSDP2)
+    activation_checkpointing: bool = False  # recompute decoder blocks in backward (less memory)
+    compile: bool = False  # torch.compile each decoder block
+    peak_tflops: float = 0.0  # per-device peak for MFU (0 = known GPUs' bf16 dense peak; unknown on CPU)
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -74,6 +104,20 @@ class TrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if self.stage != "text" and not self.init:
             raise ValueError(f"stage {self.stage!r} needs --init CHECKPOINT (the previous stage's output)")
+        if self.grad_accum < 1:
+            raise ValueError("grad_accum must be >= 1")
+        if self.dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+        for i, source in enumerate(self.sources):
+            if not isinstance(source, dict) or "path" not in source:
+                raise ValueError(f"sources[{i}] needs a path (and optionally weight, format, images, annotations)")
+            unknown = sorted(set(source) - {"path", "weight", "format", "images", "annotations", "name"})
+            if unknown:
+                raise ValueError(f"sources[{i}] has unknown keys: {', '.join(unknown)}")
+
+    def uses_sources(self) -> bool:
+        """True when the data comes from data sets on disk rather than tabletop scenes."""
+        return bool(self.sources) or bool(self.data) and not os.path.isfile(os.path.join(self.data, "data.jsonl"))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -122,7 +166,7 @@ def build_optimizer(groups: dict[str, list], cfg: TrainConfig) -> torch.optim.Op
     for name, params in groups.items():
         if not params:
             continue
-        lr = cfg.vision_lr if name == "vision" else cfg.lr
+        lr = {"vision": cfg.vision_lr, "projector": cfg.projector_lr or cfg.lr, "decoder": cfg.decoder_lr or cfg.lr}[name]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         param_groups.append({"params": decay, "lr": lr, "base_lr": lr, "weight_decay": cfg.weight_decay})
@@ -138,8 +182,10 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def save_resume_state(path: str, model: VisionLanguageModel, tokenizer: Tokenizer, opt: torch.optim.Optimizer,
-                      step: int, cfg: TrainConfig) -> None:
-    """Weights + optimizer moments (safetensors) + step, so a killed run continues exactly there."""
+                      step: int, cfg: TrainConfig, data_state: dict | None = None,
+                      optimizer_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Weights + optimizer moments (safetensors) + step + data position, so a killed run continues
+    exactly there. `optimizer_tensors` replaces reading `opt` (FSDP gathers them beforehand)."""
     from safetensors.torch import save_file
 
     from .checkpoint import atomic_directory_write
@@ -148,8 +194,8 @@ def save_resume_state(path: str, model: VisionLanguageModel, tokenizer: Tokenize
 
     def write(tmp: str) -> None:
         save_checkpoint(os.path.join(tmp, "model"), model, tokenizer)
-        tensors = {}
-        for group in opt.param_groups:
+        tensors = dict(optimizer_tensors or {})
+        for group in (opt.param_groups if optimizer_tensors is None else []):
             for p in group["params"]:
                 state = opt.state.get(p)
                 if state:
@@ -158,7 +204,7 @@ def save_resume_state(path: str, model: VisionLanguageModel, tokenizer: Tokenize
                     tensors[f"{names[id(p)]}::step"] = torch.as_tensor(state["step"]).reshape(1).float()
         save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump({"step": step, "config": dataclasses.asdict(cfg)}, f, indent=2)
+            json.dump({"step": step, "config": dataclasses.asdict(cfg), "data": data_state}, f, indent=2)
 
     atomic_directory_write(path, write)
 
@@ -189,8 +235,9 @@ class Progress:
         self.tokens = 0
         self.tty = sys.stderr.isatty()
 
-    def update(self, step: int, loss: float, tokens: int) -> None:
+    def update(self, step: int, loss: float, tokens: int, flops: float = 0.0, peak_flops: float = 0.0) -> None:
         self.tokens += tokens
+        self.flops = getattr(self, "flops", 0.0) + flops
         elapsed = time.perf_counter() - self.t0
         done = step + 1 - self.start
         rate = self.tokens / max(elapsed, 1e-9)
@@ -198,8 +245,13 @@ class Progress:
         width = 24
         filled = int(width * (step + 1) / self.total)
         line = (f"[{self.stage}] {'#' * filled}{'.' * (width - filled)} {step + 1}/{self.total} loss {loss:.4f} "
-                f"{rate:,.0f} tok/s elapsed {elapsed / 60:.1f}m eta {eta / 60:.1f}m")
+                f"{rate:,.0f} tok/s{self._mfu(elapsed, peak_flops)} elapsed {elapsed / 60:.1f}m eta {eta / 60:.1f}m")
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def _mfu(self, elapsed: float, peak_flops: float) -> str:
+        if not peak_flops or not self.flops:
+            return ""
+        return f" MFU {100 * self.flops / max(elapsed, 1e-9) / peak_flops:.1f}%"
 
     def close(self) -> None:
         if self.tty:
@@ -208,8 +260,10 @@ class Progress:
 
 # ----------------------------------------------------------------------------- the loop
 
-def build_fresh(model_cfg: ModelConfig, cfg: TrainConfig, data: SceneSet, log) -> tuple[VisionLanguageModel, Tokenizer]:
-    tokenizer = Tokenizer.train(corpus(data, np.random.default_rng(cfg.seed)), vocab_size=cfg.vocab_size)
+def build_fresh(model_cfg: ModelConfig, cfg: TrainConfig, data: SceneSet | None, log,
+                texts=None) -> tuple[VisionLanguageModel, Tokenizer]:
+    texts = texts if texts is not None else corpus(data, np.random.default_rng(cfg.seed))
+    tokenizer = Tokenizer.train(texts, vocab_size=cfg.vocab_size)
     model_cfg.decoder.vocab_size = tokenizer.vocab_size
     model = VisionLanguageModel(model_cfg, tokenizer.image_id)
     log(f"fresh model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
@@ -217,11 +271,37 @@ def build_fresh(model_cfg: ModelConfig, cfg: TrainConfig, data: SceneSet, log) -
     return model, tokenizer
 
 
+def load_sources(cfg: TrainConfig, log) -> list:
+    """[(Source, weight)] from `sources`, or `data` as the one source."""
+    from .data.formats import load_source
+
+    entries = cfg.sources or [{"path": cfg.data, "format": cfg.data_format, "images": cfg.images}]
+    out = []
+    for entry in entries:
+        source = load_source(entry["path"], entry.get("format", "auto"), images=entry.get("images", ""),
+                             annotations=entry.get("annotations", ""), log=log)
+        out.append((source, float(entry.get("weight", 1.0))))
+        log(f"source {entry.get('name', entry['path'])}: {len(source)} {source.format} records "
+            f"(weight {out[-1][1]}, {source.skipped_rows} rows skipped)")
+    return out
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if device.type == "cuda" and cfg.dtype != "float32":
+        return torch.autocast("cuda", dtype=getattr(torch, cfg.dtype))
+    return torch.autocast("cpu", enabled=False)
+
+
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> dict:
     cfg.validate()
     rank, world, device = setup_distributed(cfg.device)
     master = rank == 0
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True) if master else None)
+    if cfg.global_batch:  # the same recipe on 1 or 8 GPUs: micro-steps make up the difference
+        if cfg.global_batch % (cfg.batch_size * world):
+            raise ValueError(f"global_batch {cfg.global_batch} is not a multiple of batch_size {cfg.batch_size} "
+                             f"x {world} processes")
+        cfg = dataclasses.replace(cfg, grad_accum=cfg.global_batch // (cfg.batch_size * world))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + rank)
@@ -233,7 +313,10 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
     else:
         model_cfg = model_cfg or ModelConfig()
     v = model_cfg.vision
-    if cfg.data:
+    data = sources = None
+    if cfg.uses_sources():
+        sources = load_sources(cfg, log)
+    elif cfg.data:
         data = load_data_dir(cfg.data, v.image_height, v.image_width, log=log)
     else:
         if world > 1 and not master:
@@ -243,23 +326,45 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
         if world > 1 and master:
             dist.barrier()
     if not cfg.init:
-        model, tokenizer = build_fresh(model_cfg, cfg, data, log)
+        texts = None
+        if sources is not None:
+            texts = [t["content"] for s, _ in sources for r in s.records[:20000] for t in r.turns]
+        model, tokenizer = build_fresh(model_cfg, cfg, data, log, texts)
     model.to(device).train()
 
     groups = set_trainable(model, cfg)
     if not groups["vision"]:
         model.vision.eval()  # a frozen encoder keeps its BatchNorm statistics
-    opt = build_optimizer(groups, cfg)
+    if cfg.activation_checkpointing:
+        model.decoder.activation_checkpointing = True
+    if cfg.compile:
+        for layer in model.decoder.layers:
+            layer.compile(dynamic=True)
+    trainable_ids = {id(p) for ps in groups.values() for p in ps}
+    flops_model = FlopsModel(model, trainable_ids)
     resume_dir = cfg.out.rstrip("/") + ".resume"
-    start = 0
+    start, data_state, resuming = 0, None, False
     if os.path.isfile(os.path.join(resume_dir, "state.json")):
         resumed, _, _ = load_checkpoint(os.path.join(resume_dir, "model"))
         model.load_state_dict(resumed.state_dict())
-        start = load_resume_state(resume_dir, model, opt)
+        with open(os.path.join(resume_dir, "state.json")) as f:
+            saved = json.load(f)
+        start, data_state = int(saved["step"]), saved.get("data")
         log(f"resumed {cfg.stage} from {resume_dir} at step {start}")
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        resuming = True
+    ddp_model = wrap_distributed(model, cfg, world, device)
+    if cfg.fsdp and world > 1:
+        groups = set_trainable(model, cfg)  # fully_shard swapped the parameters for sharded ones
+    opt = build_optimizer(groups, cfg)
+    if resuming:
+        if cfg.fsdp and world > 1:
+            load_full_optimizer(model, opt, resume_dir)
+        else:
+            load_resume_state(resume_dir, model, opt)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)  # (a DTensor's numel is global)
     log(f"stage {cfg.stage}: training {n_train / 1e6:.2f}M parameters "
-        f"({', '.join(k for k, ps in groups.items() if ps)}), {world} process(es) on {device}")
+        f"({', '.join(k for k, ps in groups.items() if ps)}), {world} process(es) on {device}"
+        + (", FSDP" if cfg.fsdp and world > 1 else "") + (f", {cfg.grad_accum} micro-steps" if cfg.grad_accum > 1 else ""))
 
     if cfg.stage == "text":
         shares, image_tokens = {"caption": 0.3, "qa": 0.4, "text": 0.3}, 0
@@ -268,55 +373,116 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
     else:
         shares = {"caption": cfg.caption_share, "qa": cfg.qa_share, "text": cfg.text_share}
         image_tokens = model.image_tokens
-    mixture = Mixture(data, tokenizer, image_tokens, shares, seed=cfg.seed + 1000 * rank + start,
-                      max_len=model_cfg.decoder.max_seq_len, qa_turns=cfg.qa_turns)
-    log("mixture: " + ", ".join(f"{k} p={p:.2f} (~{mixture.mean_answer_tokens[k]:.1f} answer tokens)"
-                                for k, p in zip(mixture.kinds, mixture.probs)))
+    if sources is not None:
+        from .data.packing import SourceMixture
 
-    ddp_model = model
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
+        mixture = SourceMixture(sources, tokenizer, image_tokens, model_cfg.decoder.max_seq_len, v.image_height,
+                                v.image_width, seed=cfg.seed, pack=cfg.pack, log=log,
+                                workers=cfg.data_workers)
+        if data_state:
+            mixture.load_state(data_state)
+        log("mixture: " + ", ".join(f"{s.format}:{os.path.basename(s.path)} p={p:.2f} "
+                                    f"(~{m:.1f} answer tokens)" for s, p, m in
+                                    zip(mixture.sources, mixture.probs, mixture.mean_answer_tokens)))
+    else:
+        mixture = Mixture(data, tokenizer, image_tokens, shares, seed=cfg.seed + 1000 * rank + start,
+                          max_len=model_cfg.decoder.max_seq_len, qa_turns=cfg.qa_turns)
+        if data_state and data_state.get("rng") and world == 1:
+            mixture.rng.bit_generator.state = data_state["rng"]
+        log("mixture: " + ", ".join(f"{k} p={p:.2f} (~{mixture.mean_answer_tokens[k]:.1f} answer tokens)"
+                                    for k, p in zip(mixture.kinds, mixture.probs)))
+
+    def micro_batches(step: int) -> list:
+        if sources is None:
+            return [mixture.batch(cfg.batch_size, tokenizer.pad_id) for _ in range(cfg.grad_accum)]
+        rows = mixture.plan(step, cfg.batch_size * world * cfg.grad_accum)
+        out = []
+        for m in range(cfg.grad_accum):
+            first = (m * world + rank) * cfg.batch_size
+            out.append(mixture.materialize(rows[first: first + cfg.batch_size], tokenizer.pad_id))
+        return out
+
+    def data_position() -> dict:
+        if sources is not None:
+            return mixture.state()
+        return {"rng": mixture.rng.bit_generator.state} if world == 1 else {}
+
+    autocast = _autocast(cfg, device)
+    peak = peak_flops(cfg, device) * world
     progress = Progress(cfg.steps, cfg.stage, start) if master else None
     trainable = [p for ps in groups.values() for p in ps]
+    token_weighted = world > 1 or cfg.grad_accum > 1
     loss_value = float("nan")
+    tokens_since_log, flops_since_log = 0, 0.0
     for step in range(start, cfg.steps):
         factor = lr_factor(step, cfg)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
-        ids, mask, pixels = mixture.batch(cfg.batch_size, tokenizer.pad_id)
-        ids_t = torch.from_numpy(ids).to(device)
-        mask_t = torch.from_numpy(mask).to(device)
-        pix_t = torch.from_numpy(pixels).to(device) if (pixels is not None and image_tokens) else None
-        with autocast:
-            loss = ddp_model(ids_t, mask_t, pix_t)
+        batches = micro_batches(step)
+        counts = torch.tensor([float(m[:, 1:].sum()) for _, m, _ in batches])  # supervised targets per micro-batch
+        total = counts.sum().clone()
+        if world > 1:
+            dist.all_reduce(total)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = torch.zeros((), device=device)
+        for m, (ids, mask, pixels) in enumerate(batches):
+            ids_t = torch.from_numpy(ids).to(device)
+            mask_t = torch.from_numpy(mask).to(device)
+            pix_t = torch.from_numpy(pixels).to(device) if (pixels is not None and image_tokens) else None
+            last = m == len(batches) - 1
+            sync = contextlib.nullcontext()
+            if world > 1 and not last and not cfg.fsdp:
+                sync = ddp_model.no_sync()
+            with sync:
+                if counts[m] == 0:  # every example of this micro-batch lost its image: a zero step
+                    loss = sum(p.sum() for p in trainable) * 0.0
+                    micro_mean = torch.zeros((), device=device)
+                else:
+                    with autocast:
+                        micro_mean = ddp_model(ids_t, mask_t, pix_t)
+                    # token-weighted: sum over tokens / global token count (x world: DDP averages)
+                    loss = micro_mean * (counts[m] * world / total) if token_weighted else micro_mean
+                loss.backward()
+            loss_sum += micro_mean.detach().float() * counts[m]
+            tokens_since_log += int((ids != tokenizer.pad_id).sum()) * world
+            n_images = 0 if pix_t is None else pix_t.shape[0]
+            flops_since_log += flops_model.step(int((ids != tokenizer.pad_id).sum()), ids.shape[1], n_images) * world
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         opt.step()
-        loss_value = loss.detach()
         if world > 1:
-            dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
-        loss_value = float(loss_value)
+            dist.all_reduce(loss_sum)
+        # the mean over every supervised token of the global batch (one micro-batch: its own mean)
+        loss_value = float(loss_sum / total.clamp(min=1)) if token_weighted else float(micro_mean.detach())
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the learning rate")
         if master and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-            progress.update(step, loss_value, int((ids != tokenizer.pad_id).sum()) * world * cfg.log_every)
-        if master and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            save_resume_state(resume_dir, model, tokenizer, opt, step + 1, cfg)
+            progress.update(step, loss_value, tokens_since_log, flops_since_log, peak)
+            tokens_since_log, flops_since_log = 0, 0.0
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            full = full_state(model, cfg, world)  # FSDP: collective on every rank
+            optimizer_tensors = full_optimizer_tensors(model, opt, cfg, world)
+            if master:
+                target = model if full is None else plain_copy(model_cfg, model.image_token_id, full)
+                save_resume_state(resume_dir, target, tokenizer, opt, step + 1, cfg, data_position(),
+                                  optimizer_tensors)
+            if world > 1:
+                dist.barrier()  # no rank runs ahead of a resume point that is being written
     if progress:
         progress.close()
 
     metrics: dict = {"stage": cfg.stage, "steps": cfg.steps, "final_loss": loss_value,
                      "train_config": dataclasses.asdict(cfg)}
+    if sources is not None:
+        metrics["data"] = {"examples": mixture.examples, "skipped_images": mixture.skipped_images,
+                           "skipped_rows": sum(s.skipped_rows for s in mixture.sources)}
+    full = full_state(model, cfg, world)
     if master:
-        model.eval()
+        final = model if full is None else plain_copy(model_cfg, model.image_token_id, full)
+        final.eval()
         if cfg.stage != "text" and (cfg.eval_scenes or cfg.heldout_scenes):
-            metrics.update(evaluate_model(model, tokenizer, cfg, device, log))
-        save_checkpoint(cfg.out, model, tokenizer, metrics)
+            metrics.update(evaluate_model(final, tokenizer, cfg, device if full is None else "cpu", log))
+        save_checkpoint(cfg.out, final, tokenizer, metrics)
         shutil.rmtree(resume_dir, ignore_errors=True)
         log(f"wrote {cfg.out}")
     if world > 1:

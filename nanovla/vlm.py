@@ -71,5 +71,9 @@ class VisionLanguageModel(nn.Module):
                 start_pos: int = 0) -> tuple[torch.Tensor, KVCache]:
         """Run ids (with image tokens) through the decoder; logits of the last position + cache."""
         x = self.embed(ids, image_embeds)
-        logits, cache = self.decoder(x, past=past, start_pos=start_pos)
-        return logits[:, -1], cache
+        B, T = ids.shape
+        # only the last position's logits are needed: the output head (vocab x width, the largest
+        # matmul of a pretrained decoder's prefill) runs on B rows instead of B*T
+        last = torch.arange(B, device=ids.device) * T + (T - 1)
+        logits, cache = self.decoder(x, past=past, start_pos=start_pos, hidden_positions=last)
+        return logits, cache

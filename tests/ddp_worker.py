@@ -1,0 +1,43 @@
+"""Run one training stage from a JSON TrainConfig and record every step's loss (rank 0) —
+started directly (one process) or by torchrun (several) by tests/test_ddp.py."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def main() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    import nanovla.train as train_module
+
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
+    losses = []
+    original = train_module.Progress.update
+
+    def record(self, step, loss, tokens, flops=0.0, peak_flops=0.0):
+        losses.append(loss)
+        return original(self, step, loss, tokens, flops, peak_flops)
+
+    train_module.Progress.update = record
+    if spec.get("crash_at") is not None:  # a killed run: every rank stops at the same step
+        original_lr = train_module.lr_factor
+
+        def crash(step, cfg):
+            if step == spec["crash_at"]:
+                raise SystemExit(3)
+            return original_lr(step, cfg)
+
+        train_module.lr_factor = crash
+    train_module.train(train_module.TrainConfig(**spec["config"]))
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(spec["losses"], "w") as f:
+            json.dump(losses, f)
+
+
+if __name__ == "__main__":
+    main()

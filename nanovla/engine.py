@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .gpt import KVCache
+from .runtime.base import decode_loop
 from .tokenizer import Tokenizer, check_question
 from .vlm import VisionLanguageModel
 
@@ -108,21 +109,15 @@ class Engine:
         ids = torch.tensor([prompt_ids], device=self.device)
         logits, cache = self.model.prefill(ids, None, past=cache, start_pos=start)
         pos = start + len(prompt_ids)
-        out: list[int] = []
-        budget = min(sampling.max_new_tokens, self.max_len - pos)
-        for _ in range(budget):
-            token = sample_next(logits[0].cpu(), sampling, generator)
-            if token in self.stop_ids:
-                break
-            out.append(token)
-            if on_token is not None and on_token(token, self.tokenizer.decode(out)) is False:
-                break
-            if len(out) == budget:
-                break
-            logits, cache = self.model.prefill(torch.tensor([[token]], device=self.device), None, past=cache,
-                                               start_pos=pos)
-            pos += 1
-        return out
+        state = {"cache": cache}
+
+        def step(token: int, i: int) -> torch.Tensor:
+            logits, state["cache"] = self.model.prefill(torch.tensor([[token]], device=self.device), None,
+                                                        past=state["cache"], start_pos=pos + i)
+            return logits
+
+        return decode_loop(logits, step, lambda lg: sample_next(lg[0].cpu(), sampling, generator), self.stop_ids,
+                           min(sampling.max_new_tokens, self.max_len - pos), on_token, self.tokenizer.decode)
 
     def ask(self, context: ImageContext, question: str, sampling: SamplingConfig | None = None,
             on_token: StreamCallback | None = None) -> str:

@@ -9,7 +9,7 @@ def build_varied_model(seed: int = 0):
     Special-token rows are zeroed so answers run to max_new_tokens instead of stopping at once."""
     import torch
 
-    from conftest import build_tiny_model
+    from tiny_models import build_tiny_model
 
     model, tok = build_tiny_model(seed=seed)
     g = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import build_tiny_model
+from tiny_models import build_tiny_model
 from nanovla.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nanovla.cli import main
 

@@ -233,7 +233,7 @@ def test_graph_whose_inputs_do_not_match_bundle_json(fp32_bundle, tmp_path):
 
 
 def test_wrong_tokenizer_is_rejected(fp32_bundle, tmp_path):
-    from conftest import tiny_tokenizer
+    from tiny_models import tiny_tokenizer
 
     from nanovla.export.bundle import file_entry
 
@@ -309,7 +309,7 @@ def test_cli_export_and_run_bundle(checkpoint, tmp_path, capsys):
 
 
 def test_perceiver_projector_exports(tmp_path):
-    from conftest import build_tiny_model
+    from tiny_models import build_tiny_model
 
     from nanovla.export.graphs import check_graph, export_graph
 

@@ -88,7 +88,7 @@ def _mixture(datasets, tokenizer, seed=0, pack=True, max_len=96):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from conftest import tiny_tokenizer
+    from tiny_models import tiny_tokenizer
 
     return tiny_tokenizer()
 

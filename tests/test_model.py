@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model, tiny_model_config
+from tiny_models import build_tiny_model, tiny_model_config
 from nanovla.engine import Engine, SamplingConfig
 from nanovla.vlm import VisionLanguageModel
 

@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import tiny_tokenizer
+from tiny_models import tiny_tokenizer
 from nanovla.tokenizer import SPECIAL_TOKENS, Tokenizer, check_question
 
 

@@ -25,6 +25,25 @@ BACKENDS: dict[str, str] = {
 StreamCallback = Callable[[int, str], "bool | None"]
 
 
+def decode_loop(logits, step: Callable[[int, int], Any], sample: Callable[[Any], int], stop_ids: set[int],
+                budget: int, on_token: StreamCallback | None, decode_text: Callable[[list[int]], str]) -> list[int]:
+    """The token loop every backend shares: sample from `logits`, stop on a control token or the
+    budget, stream through `on_token` (False stops), then `step(token, i)` -> the next logits, where
+    i is the token's index among the generated ones (its position is the prompt's end + i)."""
+    out: list[int] = []
+    for i in range(budget):
+        token = sample(logits)
+        if token in stop_ids:
+            break
+        out.append(token)
+        if on_token is not None and on_token(token, decode_text(out)) is False:
+            break
+        if i + 1 == budget:
+            break
+        logits = step(token, i)
+    return out
+
+
 class RuntimeError_(ValueError):
     """A model/backend that cannot be loaded or used; the message is one line."""
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..export.bundle import BundleError, check_io, is_bundle, ort_io, read_bundle
 from ..preprocess import preprocess
 from ..tokenizer import Tokenizer
-from .base import Runtime, RuntimeError_
+from .base import Runtime, RuntimeError_, decode_loop
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -208,19 +208,9 @@ class OnnxRuntime(Runtime):
         else:
             logits = first_logits
         pos = start + len(prompt)
-        out: list[int] = []
-        for _ in range(budget):
-            token = _softmax_sample(logits, temperature, top_k, top_p, rng)
-            if token in self.stop_ids:
-                break
-            out.append(token)
-            if on_token is not None and on_token(token, self.tokenizer.decode(out)) is False:
-                break
-            if len(out) == budget:
-                break
-            logits = step(token, pos)
-            pos += 1
-        return out
+        return decode_loop(logits, lambda token, i: step(token, pos + i),
+                           lambda lg: _softmax_sample(lg, temperature, top_k, top_p, rng), self.stop_ids, budget,
+                           on_token, self.tokenizer.decode)
 
     def decode(self, ids):
         return self.tokenizer.decode(ids)

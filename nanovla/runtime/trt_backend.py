@@ -23,7 +23,7 @@ import numpy as np
 from ..export.bundle import BundleError, read_bundle
 from ..preprocess import preprocess
 from ..tokenizer import Tokenizer
-from .base import Runtime, RuntimeError_
+from .base import Runtime, RuntimeError_, decode_loop
 from .ort_backend import _softmax_sample
 
 
@@ -206,19 +206,9 @@ class TensorRTRuntime(Runtime):
             logits = self._step([token], pos)
         pos = start + len(prompt)
         budget = min(max_new_tokens, self.max_len - pos)
-        out: list[int] = []
-        for _ in range(budget):
-            token = _softmax_sample(logits, temperature, top_k, top_p, rng)
-            if token in self.stop_ids:
-                break
-            out.append(token)
-            if on_token is not None and on_token(token, self.tokenizer.decode(out)) is False:
-                break
-            if len(out) == budget:
-                break
-            logits = self._step([token], pos)
-            pos += 1
-        return out
+        return decode_loop(logits, lambda token, i: self._step([token], pos + i),
+                           lambda lg: _softmax_sample(lg, temperature, top_k, top_p, rng), self.stop_ids, budget,
+                           on_token, self.tokenizer.decode)
 
     def decode(self, ids):
         return self.tokenizer.decode(ids)

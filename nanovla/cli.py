@@ -139,7 +139,7 @@ def cmd_describe(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .preprocess import ImageError, load_image
+    from .preprocess import load_image
     from .tokenizer import check_question
 
     if args.questions:

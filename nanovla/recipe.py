@@ -51,7 +51,7 @@ def load_recipe(path: str) -> tuple[ModelConfig, list[tuple[str, TrainConfig]], 
         if unknown:
             raise ValueError(f"{path}: stage {name!r} has unknown keys: {', '.join(unknown)}")
         cfg = TrainConfig(**raw)
-        cfg.validate() if cfg.stage == "text" or cfg.init else None
+        cfg.validate() if cfg.stage in ("vision", "text") or cfg.init else None
         stages.append((name, cfg))
     if not stages:
         raise ValueError(f"{path}: no [[stage]] tables")

@@ -1,5 +1,7 @@
 """The training loop shared by every stage.
 
+    stage vision: (stage 0) the encoder learns the scenes' objects from their boxes with dense
+                  kind/colour heads (nanovla.vision_stage); fresh model + tokenizer
     stage text  : the decoder learns the caption/answer language (text only; fresh model + tokenizer)
     stage align : only the projector trains (plus the vision encoder if `train_vision`), on captions
     stage sft   : projector + the last K decoder layers (+ vision), on a caption/answer/text mixture
@@ -45,13 +47,13 @@ from .scale import (FlopsModel, full_optimizer_tensors, full_state, load_full_op
                     wrap_distributed)
 from .vlm import VisionLanguageModel
 
-STAGES = ("text", "align", "sft")
+STAGES = ("vision", "text", "align", "sft")
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "sft"  # text | align | sft
-    init: str = ""  # checkpoint to start from; "" builds a fresh model and tokenizer (text stage)
+    stage: str = "sft"  # vision | text | align | sft
+    init: str = ""  # checkpoint to start from; "" builds a fresh model and tokenizer (vision/text stage)
     out: str = "runs/model"  # checkpoint directory written at the end (and at every save)
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # rows per step per process
@@ -102,7 +104,7 @@ class TrainConfig:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
-        if self.stage != "text" and not self.init:
+        if self.stage in ("align", "sft") and not self.init:
             raise ValueError(f"stage {self.stage!r} needs --init CHECKPOINT (the previous stage's output)")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
@@ -331,6 +333,12 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
             texts = [t["content"] for s, _ in sources for r in s.records[:20000] for t in r.turns]
         model, tokenizer = build_fresh(model_cfg, cfg, data, log, texts)
     model.to(device).train()
+    if cfg.stage == "vision":
+        if world > 1:
+            raise ValueError("stage vision runs in one process")
+        from .vision_stage import train_vision_stage
+
+        return train_vision_stage(cfg, model, tokenizer, data, device, log)
 
     groups = set_trainable(model, cfg)
     if not groups["vision"]:

@@ -5,6 +5,7 @@
     nanovla export-hf --model CKPT --out HF_DIR        (the decoder as a transformers directory)
     nanovla data from-rosbag BAG --topic TOPIC --out DIR [--every N]
     nanovla data inspect PATH [--format F] [--images DIR]  (counts what a data source yields)
+    nanovla data to-yolo DIR --out YOLO_DIR [--classes kind|color_kind]  (ultralytics detection layout)
     nanovla eval --data PATH --format llava|coco|vqa|gqa|hf [--images DIR]   (see cli.py)
 """
 
@@ -103,6 +104,15 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_to_yolo(args) -> int:
+    from .data.yolo import export_yolo
+
+    counts = export_yolo(args.data, args.out, classes=args.classes, val_fraction=args.val_fraction, log=_log)
+    _log(f"wrote {counts['train']} train + {counts['val']} val images, {counts['objects']} boxes "
+         f"({counts['skipped']} rows skipped) and {os.path.join(args.out, 'dataset.yaml')}")
+    return 0
+
+
 def wants_format_eval(args) -> bool:
     """True unless `--data` is a nanovla directory with scene labels (Core's `eval` scores those)."""
     if getattr(args, "format", ""):
@@ -188,3 +198,10 @@ def add_parsers(sub, data_sub) -> None:
     n.add_argument("--images", default="", help="image folder (default: beside the file)")
     n.add_argument("--check-images", action="store_true", help="also decode every image (slow)")
     n.set_defaults(func=cmd_inspect)
+
+    y = data_sub.add_parser("to-yolo", help="a `data generate` directory as an ultralytics detection data set")
+    y.add_argument("data", help="a `nanovla data generate` directory")
+    y.add_argument("--out", required=True)
+    y.add_argument("--classes", default="kind", choices=("kind", "color_kind"))
+    y.add_argument("--val-fraction", type=float, default=0.1, help="share of rows (the last ones) for val")
+    y.set_defaults(func=cmd_to_yolo)

@@ -183,6 +183,32 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def adam_state_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
+    """AdamW moments and step of every parameter with state, keyed `<name>::<field>` (safetensors)."""
+    tensors = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if state:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    tensors[f"{names[id(p)]}::{key}"] = state[key].detach().cpu().contiguous()
+                tensors[f"{names[id(p)]}::step"] = torch.as_tensor(state["step"]).reshape(1).float()
+    return tensors
+
+
+def load_adam_state_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                            params: dict[str, torch.nn.Parameter]) -> None:
+    """The inverse of `adam_state_tensors`: `params` maps the names back to parameters."""
+    for key, value in tensors.items():
+        name, field_name = key.split("::")
+        p = params[name]
+        state = opt.state.setdefault(p, {})
+        if field_name == "step":
+            state["step"] = torch.tensor(float(value.item()))
+        else:
+            state[field_name] = value.to(p.device)
+
+
 def save_resume_state(path: str, model: VisionLanguageModel, tokenizer: Tokenizer, opt: torch.optim.Optimizer,
                       step: int, cfg: TrainConfig, data_state: dict | None = None,
                       optimizer_tensors: dict[str, torch.Tensor] | None = None) -> None:
@@ -196,14 +222,7 @@ def save_resume_state(path: str, model: VisionLanguageModel, tokenizer: Tokenize
 
     def write(tmp: str) -> None:
         save_checkpoint(os.path.join(tmp, "model"), model, tokenizer)
-        tensors = dict(optimizer_tensors or {})
-        for group in (opt.param_groups if optimizer_tensors is None else []):
-            for p in group["params"]:
-                state = opt.state.get(p)
-                if state:
-                    for key in ("exp_avg", "exp_avg_sq"):
-                        tensors[f"{names[id(p)]}::{key}"] = state[key].detach().cpu().contiguous()
-                    tensors[f"{names[id(p)]}::step"] = torch.as_tensor(state["step"]).reshape(1).float()
+        tensors = optimizer_tensors if optimizer_tensors is not None else adam_state_tensors(opt, names)
         save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"step": step, "config": dataclasses.asdict(cfg), "data": data_state}, f, indent=2)
@@ -214,16 +233,7 @@ def save_resume_state(path: str, model: VisionLanguageModel, tokenizer: Tokenize
 def load_resume_state(path: str, model: VisionLanguageModel, opt: torch.optim.Optimizer) -> int:
     from safetensors.torch import load_file
 
-    tensors = load_file(os.path.join(path, "optimizer.safetensors"))
-    params = dict(model.named_parameters())
-    for key, value in tensors.items():
-        name, field_name = key.split("::")
-        p = params[name]
-        state = opt.state.setdefault(p, {})
-        if field_name == "step":
-            state["step"] = torch.tensor(float(value.item()))
-        else:
-            state[field_name] = value.to(p.device)
+    load_adam_state_tensors(opt, load_file(os.path.join(path, "optimizer.safetensors")), dict(model.named_parameters()))
     with open(os.path.join(path, "state.json")) as f:
         return int(json.load(f)["step"])
 

@@ -103,9 +103,9 @@ def dense_loss(outputs, targets) -> tuple[torch.Tensor, dict]:
     return total / n, {k: v / n for k, v in stats.items()}
 
 
-def feature_sizes(model) -> list[tuple[int, int]]:
-    v = model.cfg.vision
-    return [(v.image_height // s, v.image_width // s) for s in model.vision.strides]
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
 
 
 @torch.no_grad()
@@ -124,10 +124,9 @@ def evaluate_dense(model, heads: SceneHeads, split: str, seed: int, count: int, 
             image, scene = generate(split, seed, i)
             images.append(resize_uint8(image, v.image_height, v.image_width))
             scenes.append(scene)
-        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255.0).to(device)
-        feats = model.vision((pixels - model.pixel_mean) / model.pixel_std)
+        feats = model.neck_features(to_pixels(np.stack(images)).to(device))
         _, stats = dense_loss(heads(feats), [(k.to(device), c.to(device)) for k, c in
-                                             batch_targets(scenes, feature_sizes(model))])
+                                             batch_targets(scenes, model.feature_sizes)])
         for k in sums:
             sums[k] += stats[k] * len(scenes)
         n += len(scenes)
@@ -149,8 +148,7 @@ def recalibrate_batchnorm(model, data, rng: np.random.Generator, device, batches
     model.vision.train()
     for _ in range(batches):
         idx = np.sort(rng.choice(len(data), size=min(batch_size, len(data)), replace=False))
-        pixels = torch.from_numpy(np.ascontiguousarray(data.images[idx])).permute(0, 3, 1, 2).float().div(255.0)
-        model.vision((pixels.to(device) - model.pixel_mean) / model.pixel_std)
+        model.neck_features(to_pixels(data.images[idx]).to(device))
     for m, momentum in zip(bns, momenta):
         m.momentum = momentum
     model.vision.eval()
@@ -161,7 +159,7 @@ def train_vision_stage(cfg, model, tokenizer, data, device, log) -> dict:
     from safetensors.torch import load_file, save_file
 
     from .checkpoint import atomic_directory_write, load_checkpoint, save_checkpoint
-    from .train import Progress, lr_factor
+    from .train import Progress, adam_state_tensors, load_adam_state_tensors, lr_factor
 
     if data is None:
         raise ValueError("stage vision needs tabletop scenes with boxes (no `sources` data sets)")
@@ -185,12 +183,7 @@ def train_vision_stage(cfg, model, tokenizer, data, device, log) -> dict:
         resumed, _, _ = load_checkpoint(os.path.join(resume_dir, "model"))
         model.load_state_dict(resumed.state_dict())
         heads.load_state_dict(load_file(os.path.join(resume_dir, "heads.safetensors")))
-        tensors = load_file(os.path.join(resume_dir, "optimizer.safetensors"))
-        for name, p in named:
-            if f"{name}::exp_avg" in tensors:
-                opt.state[p] = {"step": tensors[f"{name}::step"].reshape(()).clone(),
-                                "exp_avg": tensors[f"{name}::exp_avg"].to(device),
-                                "exp_avg_sq": tensors[f"{name}::exp_avg_sq"].to(device)}
+        load_adam_state_tensors(opt, load_file(os.path.join(resume_dir, "optimizer.safetensors")), dict(named))
         with open(os.path.join(resume_dir, "state.json")) as f:
             saved = json.load(f)
         start = int(saved["step"])
@@ -204,19 +197,13 @@ def train_vision_stage(cfg, model, tokenizer, data, device, log) -> dict:
             save_checkpoint(os.path.join(tmp, "model"), model, tokenizer)
             save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()},
                       os.path.join(tmp, "heads.safetensors"))
-            tensors = {}
-            for name, p in named:
-                s = opt.state.get(p)
-                if s:
-                    tensors[f"{name}::exp_avg"] = s["exp_avg"].detach().cpu().contiguous()
-                    tensors[f"{name}::exp_avg_sq"] = s["exp_avg_sq"].detach().cpu().contiguous()
-                    tensors[f"{name}::step"] = torch.as_tensor(s["step"]).reshape(1).float()
-            save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
+            save_file(adam_state_tensors(opt, {id(p): name for name, p in named}),
+                      os.path.join(tmp, "optimizer.safetensors"))
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump({"step": step, "rng": rng.bit_generator.state, "config": dataclasses.asdict(cfg)}, f)
         atomic_directory_write(resume_dir, write)
 
-    sizes = feature_sizes(model)
+    sizes = model.feature_sizes
     model.vision.train()
     heads.train()
     progress = Progress(cfg.steps, "vision", start)
@@ -225,17 +212,12 @@ def train_vision_stage(cfg, model, tokenizer, data, device, log) -> dict:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, cfg)
         idx = np.sort(rng.choice(len(data), size=cfg.batch_size, replace=False))
-        pixels = torch.from_numpy(np.ascontiguousarray(data.images[idx])).permute(0, 3, 1, 2).float().div(255.0)
+        pixels = to_pixels(data.images[idx])
+        targets = batch_targets([data.scenes[i] for i in idx], sizes)
         if rng.random() < 0.5:  # a mirrored scene is still a scene: flip image and targets together
             pixels = pixels.flip(3)
-            flip = True
-        else:
-            flip = False
-        targets = batch_targets([data.scenes[i] for i in idx], sizes)
-        if flip:
             targets = [(k.flip(2), c.flip(2)) for k, c in targets]
-        pixels = pixels.to(device)
-        feats = model.vision((pixels - model.pixel_mean) / model.pixel_std)
+        feats = model.neck_features(pixels.to(device))
         loss, stats = dense_loss(heads(feats), [(k.to(device), c.to(device)) for k, c in targets])
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -21,8 +21,8 @@ class VisionLanguageModel(nn.Module):
         self.image_token_id = image_token_id
         self.vision = build_vision_encoder(cfg.vision)
         v = cfg.vision
-        sizes = [(v.image_height // s, v.image_width // s) for s in self.vision.strides]
-        self.projector = Projector(cfg.projector, self.vision.channels, sizes, cfg.decoder.n_embd)
+        self.feature_sizes = [(v.image_height // s, v.image_width // s) for s in self.vision.strides]
+        self.projector = Projector(cfg.projector, self.vision.channels, self.feature_sizes, cfg.decoder.n_embd)
         self.decoder = GPT(cfg.decoder)
         self.register_buffer("pixel_mean", torch.tensor(v.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(v.std).view(1, 3, 1, 1), persistent=False)
@@ -33,8 +33,11 @@ class VisionLanguageModel(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in 0..1 -> (B, image_tokens, n_embd)."""
-        pixels = (pixels - self.pixel_mean) / self.pixel_std
-        return self.projector(self.vision(pixels))
+        return self.projector(self.neck_features(pixels))
+
+    def neck_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) float in 0..1 -> the vision encoder's feature grids (`feature_sizes`)."""
+        return self.vision((pixels - self.pixel_mean) / self.pixel_std)
 
     def embed(self, ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with image tokens written, in order, over the <|image|> positions."""

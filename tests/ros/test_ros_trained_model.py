@@ -16,7 +16,7 @@ pytest.importorskip("rclpy", reason="rclpy is not installed (scripts/ros_setup.s
 
 NS = "/trained"
 SCENES = [0, 1, 2, 3]
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 64
 
 
 def trained_model() -> str:

@@ -32,6 +32,10 @@ class ProjectorConfig:
     width: int = 256  # resampler width (perceiver) / MLP hidden width
     heads: int = 4  # perceiver cross-attention heads
     depth: int = 2  # perceiver cross-attention blocks
+    # where each grid token sits: "learned" = a learned per-token vector (zero-init); "sincos" =
+    # that plus a fixed 2-D sin/cos code of the token's cell at the scale of the normalised features,
+    # so the decoder can read a token's column/row (RoPE over the raster order shows mostly the row)
+    positions: str = "learned"
 
 
 @dataclass
@@ -73,6 +77,10 @@ class ModelConfig:
             raise ValueError("head dimension must be even for RoPE")
         if p.resampler not in ("grid", "perceiver"):
             raise ValueError(f"unknown resampler {p.resampler!r}; expected grid or perceiver")
+        if p.positions not in ("learned", "sincos"):
+            raise ValueError(f"unknown projector positions {p.positions!r}; expected learned or sincos")
+        if p.positions == "sincos" and p.resampler != "grid":
+            raise ValueError("projector positions 'sincos' is for the grid resampler (the perceiver's keys carry them already)")
         if v.kind == "yolov9" and p.resampler == "grid":
             for s in v.strides:
                 if v.image_height % s or (v.image_height // s) % p.grid[0]:

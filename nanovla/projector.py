@@ -103,10 +103,16 @@ class Projector(nn.Module):
             self.resampler = PerceiverResampler(cfg, channels, feature_sizes)
         n = self.resampler.num_tokens
         self.pos = nn.Parameter(torch.zeros(n, self.resampler.out_dim))  # learned place of each token
+        if cfg.positions == "sincos":  # fixed cell code; norm ~0.7x that of a LayerNorm'd token
+            self.register_buffer("fixed_pos", sincos_2d(*cfg.grid, self.resampler.out_dim), persistent=False)
+        else:
+            self.fixed_pos = None
         self.mlp = nn.Sequential(
             nn.Linear(self.resampler.out_dim, cfg.width), nn.GELU(), nn.Linear(cfg.width, n_embd)
         )
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = self.resampler(feats)
-        return self.mlp(x + self.pos)
+        x = self.resampler(feats) + self.pos
+        if self.fixed_pos is not None:
+            x = x + self.fixed_pos
+        return self.mlp(x)

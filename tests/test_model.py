@@ -30,6 +30,34 @@ def test_perceiver_resampler_token_count():
     assert model.encode_image(torch.rand(1, 3, 64, 96)).shape == (1, 6, 64)
 
 
+def test_sincos_positions_tell_the_grid_cells_apart():
+    from nanovla.config import ProjectorConfig
+    from nanovla.projector import Projector
+
+    same = [torch.ones(1, 4, 4, 6), torch.ones(1, 8, 2, 3)]  # one feature everywhere, two levels
+    codes = {}
+    for positions in ("learned", "sincos"):
+        torch.manual_seed(0)
+        cfg = ProjectorConfig(grid=(2, 3), width=32, positions=positions)
+        proj = Projector(cfg, [4, 8], [(4, 6), (2, 3)], n_embd=16)
+        assert set(proj.state_dict()) == {"pos", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias",
+                                          "resampler.norm.weight", "resampler.norm.bias"}  # same checkpoint keys
+        codes[positions] = proj(same)[0]
+    # learned positions start at zero: every cell of a uniform image gives the same token
+    assert torch.allclose(codes["learned"], codes["learned"][:1].expand(6, -1))
+    # the fixed code makes all six cells distinct, each row and column included
+    assert torch.cdist(codes["sincos"], codes["sincos"]).add(torch.eye(6)).min() > 1e-3
+
+
+def test_sincos_positions_need_the_grid_resampler():
+    from nanovla.config import ModelConfig, ProjectorConfig
+
+    with pytest.raises(ValueError, match="sincos"):
+        ModelConfig(projector=ProjectorConfig(resampler="perceiver", positions="sincos")).validate()
+    with pytest.raises(ValueError, match="unknown projector positions"):
+        ModelConfig(projector=ProjectorConfig(positions="rope")).validate()
+
+
 @pytest.mark.parametrize("resampler", ["grid", "perceiver"])
 def test_cached_and_uncached_decoding_agree(resampler):
     model, tok = build_tiny_model(resampler=resampler, seed=3)

@@ -241,8 +241,8 @@ def load_resume_state(path: str, model: VisionLanguageModel, opt: torch.optim.Op
 class Progress:
     """One line, rewritten in place on a terminal and printed every log_every steps elsewhere."""
 
-    def __init__(self, total: int, stage: str, start: int):
-        self.total, self.stage, self.start = total, stage, start
+    def __init__(self, total: int, stage: str, start: int, unit: str = "tok"):
+        self.total, self.stage, self.start, self.unit = total, stage, start, unit
         self.t0 = time.perf_counter()
         self.tokens = 0
         self.tty = sys.stderr.isatty()
@@ -257,7 +257,7 @@ class Progress:
         width = 24
         filled = int(width * (step + 1) / self.total)
         line = (f"[{self.stage}] {'#' * filled}{'.' * (width - filled)} {step + 1}/{self.total} loss {loss:.4f} "
-                f"{rate:,.0f} tok/s{self._mfu(elapsed, peak_flops)} elapsed {elapsed / 60:.1f}m eta {eta / 60:.1f}m")
+                f"{rate:,.0f} {self.unit}/s{self._mfu(elapsed, peak_flops)} elapsed {elapsed / 60:.1f}m eta {eta / 60:.1f}m")
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def _mfu(self, elapsed: float, peak_flops: float) -> str:

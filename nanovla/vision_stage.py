@@ -206,7 +206,7 @@ def train_vision_stage(cfg, model, tokenizer, data, device, log) -> dict:
     sizes = model.feature_sizes
     model.vision.train()
     heads.train()
-    progress = Progress(cfg.steps, "vision", start)
+    progress = Progress(cfg.steps, "vision", start, unit="img")
     loss_value, stats = float("nan"), {}
     for step in range(start, cfg.steps):
         for g in opt.param_groups:

@@ -239,6 +239,19 @@ class Client:
         assert future.done(), f"no response within {timeout} s"
         return future.result()
 
+    def call(self, client, request, timeout: float, attempts: int = 3):
+        """A service call that is re-sent when no response comes: DDS can report a service as
+        available before its response writer has matched this client, and that first response is lost."""
+        for attempt in range(attempts):
+            future = client.call_async(request)
+            deadline = time.monotonic() + timeout
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if future.done():
+                return future.result()
+            client.remove_pending_request(future)
+        raise AssertionError(f"no response to {attempts} calls within {timeout} s each")
+
     def close(self):
         import rclpy
 

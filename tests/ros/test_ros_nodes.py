@@ -512,8 +512,8 @@ def test_params_file_applies_in_any_namespace_and_bad_values_stop_the_node(start
     try:
         cli = c.node.create_client(GetParameters, "/front/describer/get_parameters")
         assert cli.wait_for_service(timeout_sec=30.0), node.log()
-        values = c.wait_future(cli.call_async(GetParameters.Request(
-            names=["max_rate_hz", "qos_depth", "compressed_image_topic", "autostart"])), 10.0).values
+        values = c.call(cli, GetParameters.Request(
+            names=["max_rate_hz", "qos_depth", "compressed_image_topic", "autostart"]), 10.0).values
         assert [values[0].double_value, values[1].integer_value, values[2].string_value, values[3].bool_value] == \
             [2.0, 5, "image/compressed", False]
     finally:

@@ -232,25 +232,26 @@ class Client:
         except Exception:
             pass
 
-    def wait_future(self, future, timeout: float):
+    @staticmethod
+    def _done_within(future, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not future.done() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert future.done(), f"no response within {timeout} s"
+        return future.done()
+
+    def wait_future(self, future, timeout: float):
+        assert self._done_within(future, timeout), f"no response within {timeout} s"
         return future.result()
 
-    def call(self, client, request, timeout: float, attempts: int = 3):
-        """A service call that is re-sent when no response comes: DDS can report a service as
-        available before its response writer has matched this client, and that first response is lost."""
-        for attempt in range(attempts):
+    def call(self, client, request, timeout: float, attempts: int = 1):
+        """A service call; with attempts > 1 it is re-sent when no response comes (DDS can report a
+        service as available before its response writer has matched this client: that response is lost)."""
+        for _ in range(attempts):
             future = client.call_async(request)
-            deadline = time.monotonic() + timeout
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if future.done():
+            if self._done_within(future, timeout):
                 return future.result()
             client.remove_pending_request(future)
-        raise AssertionError(f"no response to {attempts} calls within {timeout} s each")
+        raise AssertionError(f"no response within {timeout} s" + (f" to any of {attempts} calls" if attempts > 1 else ""))
 
     def close(self):
         import rclpy

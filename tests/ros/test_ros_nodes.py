@@ -98,7 +98,7 @@ class Harness:
 
     def call(self, client, request, timeout: float = 30.0):
         assert client.wait_for_service(timeout_sec=20.0), f"{client.srv_name} not available"
-        return self.client.wait_future(client.call_async(request), timeout)
+        return self.client.call(client, request, timeout)
 
     def set_param(self, name: str, value):
         from rcl_interfaces.msg import Parameter
@@ -513,7 +513,7 @@ def test_params_file_applies_in_any_namespace_and_bad_values_stop_the_node(start
         cli = c.node.create_client(GetParameters, "/front/describer/get_parameters")
         assert cli.wait_for_service(timeout_sec=30.0), node.log()
         values = c.call(cli, GetParameters.Request(
-            names=["max_rate_hz", "qos_depth", "compressed_image_topic", "autostart"]), 10.0).values
+            names=["max_rate_hz", "qos_depth", "compressed_image_topic", "autostart"]), 10.0, attempts=3).values
         assert [values[0].double_value, values[1].integer_value, values[2].string_value, values[3].bool_value] == \
             [2.0, 5, "image/compressed", False]
     finally:

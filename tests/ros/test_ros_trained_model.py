@@ -109,7 +109,7 @@ def described(client, describer, runtime):
         assert description is not None, describer.log()[-2000:]
         assert ask.wait_for_service(timeout_sec=20)
         question = f"is there a {graph.objects[0].name}?"
-        answer = client.wait_future(ask.call_async(Ask.Request(question=question)), 60)
+        answer = client.call(ask, Ask.Request(question=question), 60)
         results.append((index, rgb, graph, description, sent, question, answer))
     return results
 

@@ -68,7 +68,10 @@ class TrainConfig:
     caption_share: float = 0.4  # mixture shares of *answer tokens*
     qa_share: float = 0.45
     text_share: float = 0.15
+    depth_order_share: float = 0.0  # captions ordered nearest first (DEPTH_ORDER_PROMPT)
     qa_turns: int = 4  # questions per image in a qa example (1..qa_turns)
+    qa_type_weights: dict = field(default_factory=dict)  # e.g. {near_far = 4}: draw that question type 4x as often
+    text_all_pairs: bool = False  # text-only turns name any (colour, kind) pair, held-out ones too (no image shows them)
     data: str = ""  # a data.jsonl directory; "" = the procedural tabletop scenes
     num_scenes: int = 40000  # tabletop scenes rendered for training
     data_seed: int = 0
@@ -389,7 +392,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
     elif cfg.stage == "align":
         shares, image_tokens = {"caption": 1.0}, model.image_tokens
     else:
-        shares = {"caption": cfg.caption_share, "qa": cfg.qa_share, "text": cfg.text_share}
+        shares = {"caption": cfg.caption_share, "qa": cfg.qa_share, "text": cfg.text_share,
+                  "depth_order": cfg.depth_order_share}
         image_tokens = model.image_tokens
     if sources is not None:
         from .data.packing import SourceMixture
@@ -404,7 +408,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
                                     zip(mixture.sources, mixture.probs, mixture.mean_answer_tokens)))
     else:
         mixture = Mixture(data, tokenizer, image_tokens, shares, seed=cfg.seed + 1000 * rank + start,
-                          max_len=model_cfg.decoder.max_seq_len, qa_turns=cfg.qa_turns)
+                          max_len=model_cfg.decoder.max_seq_len, qa_turns=cfg.qa_turns,
+                          qa_type_weights=cfg.qa_type_weights, text_all_pairs=cfg.text_all_pairs)
         if data_state and data_state.get("rng") and world == 1:
             mixture.rng.bit_generator.state = data_state["rng"]
         log("mixture: " + ", ".join(f"{k} p={p:.2f} (~{mixture.mean_answer_tokens[k]:.1f} answer tokens)"

@@ -164,3 +164,17 @@ def test_cli_subprocess_exit_code_without_traceback(tmp_path, tiny_checkpoint):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "no such file" in proc.stderr
+
+
+def test_every_shipped_recipe_parses(monkeypatch):
+    """A recipe with an unknown key or a bad value fails here, not an hour into a run."""
+    import glob
+
+    from nanovla.recipe import load_recipe
+
+    monkeypatch.setenv("MODELS", "/nonexistent/models")
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "*.toml")))
+    assert len(paths) >= 3
+    for path in paths:
+        _, stages, _ = load_recipe(path)
+        assert stages, path

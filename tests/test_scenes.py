@@ -1,7 +1,6 @@
 import numpy as np
 
-from nanovla.data.language import (QA_TYPES, all_questions, caption, caption_mentions, normalize_answer,
-                                   sample_questions)
+from nanovla.data.language import QA_TYPES, all_questions, caption, caption_mentions, normalize_answer, sample_questions
 from nanovla.data.scenes import COLORS, HELDOUT_PAIRS, KINDS, generate
 from nanovla.evaluate import caption_counts, f1
 
@@ -82,3 +81,62 @@ def test_caption_f1_counts_missing_and_invented_objects():
     tp, n_pred, n_gold = caption_counts("a red cube and a green cone.", objects)
     assert (tp, n_pred, n_gold) == (1, 2, 2)
     assert normalize_answer(" The Blue Ball. ") == "the blue ball"
+
+
+def test_type_weights_draw_the_favoured_question_type_more_often():
+    def near_far_share(weights):
+        rng, n, hits = np.random.default_rng(3), 0, 0
+        for i in range(30):
+            _, s = generate("train", 6, i)
+            for _ in range(5):
+                qs = sample_questions(s, rng, "train", k=3, type_weights=weights)
+                assert len({q["question"] for q in qs}) == len(qs)  # no question twice
+                n, hits = n + len(qs), hits + sum(q["type"] == "near_far" for q in qs)
+        return hits / n
+    plain, favoured = near_far_share(None), near_far_share({"near_far": 8.0})
+    assert favoured > 2 * plain and favoured > 0.3, (plain, favoured)
+    assert near_far_share({"near_far": 0.0}) == 0.0
+
+
+def test_text_turns_may_name_heldout_pairs_only_when_asked():
+    from nanovla.data.dataset import renamed, text_example
+
+    rng = np.random.default_rng(4)
+    named_heldout = {False: 0, True: 0}
+    for i in range(60):
+        _, s = generate("train", 7, i)
+        r = renamed(s, rng)
+        assert [(o.x, o.y, o.bbox) for o in r.objects] == [(o.x, o.y, o.bbox) for o in s.objects]
+        assert len({o.name for o in r.objects}) == len(r.objects)  # pairs stay distinct
+        for all_pairs in (False, True):
+            text = " ".join(t["content"] for t in text_example(s, rng, "train", all_pairs))
+            named_heldout[all_pairs] += any(f"{c} {k}" in text for c, k in HELDOUT_PAIRS)
+    assert named_heldout[False] == 0 and named_heldout[True] > 0, named_heldout
+
+
+def test_depth_order_caption_names_the_same_objects_nearest_first():
+    for i in range(20):
+        _, s = generate("eval", 8, i)
+        by_x, by_depth = caption(s), caption(s, nearer_first=True)
+        assert sorted(caption_mentions(by_depth)) == sorted(caption_mentions(by_x))
+        ys = [next(o.y for o in s.objects if (o.color, o.kind) == m) for m in caption_mentions(by_depth)]
+        assert ys == sorted(ys, reverse=True)
+
+
+def test_mixture_draws_depth_order_captions_and_checks_its_options():
+    import pytest
+    from tiny_models import tiny_tokenizer
+
+    from nanovla.data.dataset import Mixture, SceneSet
+    from nanovla.data.language import DEPTH_ORDER_PROMPT
+
+    tok = tiny_tokenizer()
+    scenes = [generate("train", 9, i)[1] for i in range(12)]
+    data = SceneSet(np.zeros((len(scenes), 8, 8, 3), np.uint8), scenes, "train")
+    mix = Mixture(data, tok, 4, {"caption": 0.5, "depth_order": 0.5}, seed=0, max_len=256)
+    texts = [tok.decode(mix.sample().ids) for _ in range(40)]
+    assert any(DEPTH_ORDER_PROMPT in t for t in texts) and any(DEPTH_ORDER_PROMPT not in t for t in texts)
+    with pytest.raises(ValueError, match="unknown mixture kinds"):
+        Mixture(data, tok, 4, {"captions": 1.0}, seed=0, max_len=256)
+    with pytest.raises(ValueError, match="qa_type_weights"):
+        Mixture(data, tok, 4, {"qa": 1.0}, seed=0, max_len=256, qa_type_weights={"nearness": 2.0})

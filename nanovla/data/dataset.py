@@ -17,10 +17,10 @@ import numpy as np
 
 from ..preprocess import load_image, resize_uint8
 from ..tokenizer import Tokenizer
-from .language import DESCRIBE_PROMPT, caption, sample_questions
-from .scenes import Scene, SceneObject, generate
+from .language import DEPTH_ORDER_PROMPT, DESCRIBE_PROMPT, QA_TYPES, caption, sample_questions
+from .scenes import COLOR_NAMES, KINDS, Scene, SceneObject, generate
 
-MIXTURE_KINDS = ("caption", "qa", "text")
+MIXTURE_KINDS = ("caption", "qa", "text", "depth_order")
 
 
 def scene_to_json(scene: Scene) -> dict:
@@ -111,16 +111,38 @@ def caption_example(scene: Scene) -> list[dict]:
     return [{"role": "user", "content": DESCRIBE_PROMPT}, {"role": "assistant", "content": caption(scene)}]
 
 
-def qa_example(scene: Scene, rng: np.random.Generator, split: str, max_turns: int = 4) -> list[dict]:
-    qs = sample_questions(scene, rng, split, k=int(rng.integers(1, max_turns + 1)))
+def depth_order_example(scene: Scene) -> list[dict]:
+    return [{"role": "user", "content": DEPTH_ORDER_PROMPT},
+            {"role": "assistant", "content": caption(scene, nearer_first=True)}]
+
+
+def qa_example(scene: Scene, rng: np.random.Generator, split: str, max_turns: int = 4,
+               type_weights: dict[str, float] | None = None) -> list[dict]:
+    qs = sample_questions(scene, rng, split, k=int(rng.integers(1, max_turns + 1)), type_weights=type_weights)
     turns: list[dict] = []
     for q in qs:
         turns += [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["answer"]}]
     return turns
 
 
-def text_example(scene: Scene, rng: np.random.Generator, split: str) -> list[dict]:
-    """A text-only turn: the scene is given in words, the answer must be read from them."""
+def renamed(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same layout with each object's (colour, kind) redrawn from all 64 pairs (distinct)."""
+    pairs = [(c, k) for c in COLOR_NAMES for k in KINDS]
+    picks = rng.choice(len(pairs), size=len(scene.objects), replace=False) if scene.objects else []
+    objects = [SceneObject(kind=pairs[int(j)][1], color=pairs[int(j)][0], x=o.x, y=o.y, size=o.size, bbox=list(o.bbox))
+               for o, j in zip(scene.objects, picks)]
+    return Scene(objects=objects, width=scene.width, height=scene.height)
+
+
+def text_example(scene: Scene, rng: np.random.Generator, split: str, all_pairs: bool = False) -> list[dict]:
+    """A text-only turn: the scene is given in words, the answer must be read from them.
+
+    With `all_pairs` the words name any of the 64 (colour, kind) pairs, held-out ones included:
+    no image is involved, so the decoder learns the language a pretrained LLM would bring (that
+    a red ball can be talked about) while no training image ever shows a held-out pair.
+    """
+    if all_pairs:
+        scene = renamed(scene, rng)
     qs = sample_questions(scene, rng, split, k=1)
     if not qs:
         return caption_example(scene)
@@ -140,10 +162,16 @@ class Mixture:
     """Samples examples so each kind's share of *answer tokens* matches `shares` (not of rows)."""
 
     def __init__(self, data: SceneSet, tokenizer: Tokenizer, image_tokens: int, shares: dict[str, float],
-                 seed: int, max_len: int, qa_turns: int = 4):
+                 seed: int, max_len: int, qa_turns: int = 4, qa_type_weights: dict[str, float] | None = None,
+                 text_all_pairs: bool = False):
         unknown = set(shares) - set(MIXTURE_KINDS)
         if unknown:
             raise ValueError(f"unknown mixture kinds {sorted(unknown)}; expected {MIXTURE_KINDS}")
+        bad = sorted(set(qa_type_weights or {}) - set(QA_TYPES))
+        if bad or any(w < 0 for w in (qa_type_weights or {}).values()):
+            raise ValueError(f"qa_type_weights: unknown types {bad} or negative weights; types are {', '.join(QA_TYPES)}")
+        self.qa_type_weights = dict(qa_type_weights or {})
+        self.text_all_pairs = text_all_pairs
         self.data, self.tok, self.image_tokens = data, tokenizer, image_tokens
         self.rng = np.random.default_rng(seed)
         self.max_len, self.qa_turns = max_len, qa_turns
@@ -163,10 +191,12 @@ class Mixture:
         split = self.data.split
         if kind == "caption":
             turns, image = caption_example(scene), True
+        elif kind == "depth_order":
+            turns, image = depth_order_example(scene), True
         elif kind == "qa":
-            turns, image = qa_example(scene, self.rng, split, self.qa_turns), True
+            turns, image = qa_example(scene, self.rng, split, self.qa_turns, self.qa_type_weights), True
         else:
-            turns, image = text_example(scene, self.rng, split), False
+            turns, image = text_example(scene, self.rng, split, self.text_all_pairs), False
         r = self.tok.render(turns, self.image_tokens if image else 0)
         ids, mask = r.ids[: self.max_len], r.mask[: self.max_len]
         return Example(ids, mask, i if image else -1)

@@ -15,6 +15,9 @@ import numpy as np
 from .scenes import COLOR_NAMES, HEIGHT, HELDOUT_PAIRS, KINDS, WIDTH, Scene, SceneObject
 
 DESCRIBE_PROMPT = "describe the scene."
+# the same caption with the objects ordered nearest first: a training prompt whose only new demand
+# over DESCRIBE_PROMPT is comparing the objects' depths (as the left-to-right caption compares x)
+DEPTH_ORDER_PROMPT = "describe the scene, nearer objects first."
 QA_TYPES = ("exist", "count", "color", "kind", "left_right", "near_far", "left_of")
 
 # minimum separations below which a relation is too close to call (pixels in a 640x480 frame)
@@ -40,11 +43,15 @@ def with_article(name: str) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def caption(scene: Scene) -> str:
-    """'a red cube on the left at the back, a blue ball in the middle at the front and ...'"""
+def caption(scene: Scene, nearer_first: bool = False) -> str:
+    """'a red cube on the left at the back, a blue ball in the middle at the front and ...'
+
+    Objects are named left to right, or nearest first (larger base y) with `nearer_first`.
+    """
     if not scene.objects:
         return "the table is empty."
-    parts = [f"{with_article(o.name)} {place(o, scene.width, scene.height)}" for o in sorted(scene.objects, key=lambda o: o.cx)]
+    order = sorted(scene.objects, key=(lambda o: -o.y) if nearer_first else (lambda o: o.cx))
+    parts = [f"{with_article(o.name)} {place(o, scene.width, scene.height)}" for o in order]
     if len(parts) == 1:
         return parts[0] + "."
     return ", ".join(parts[:-1]) + " and " + parts[-1] + "."
@@ -112,8 +119,13 @@ def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train") 
     return qa
 
 
-def sample_questions(scene: Scene, rng: np.random.Generator, split: str = "train", k: int = 8) -> list[dict]:
-    """Up to k questions, spread over the question types (round-robin over shuffled types)."""
+def sample_questions(scene: Scene, rng: np.random.Generator, split: str = "train", k: int = 8,
+                     type_weights: dict[str, float] | None = None) -> list[dict]:
+    """Up to k questions, spread over the question types (round-robin over shuffled types).
+
+    With `type_weights` (training only), each question's type is drawn in proportion to its
+    weight (1 for a type not named) among the types that still have questions left.
+    """
     pool = all_questions(scene, rng, split)
     if split == "heldout":  # keep the questions about held-out objects first
         def involves_heldout(q: dict) -> bool:
@@ -130,6 +142,15 @@ def sample_questions(scene: Scene, rng: np.random.Generator, split: str = "train
     types = list(by_type)
     rng.shuffle(types)
     chosen: list[dict] = []
+    if type_weights:
+        while len(chosen) < k:
+            left = [t for t in types if by_type[t] and type_weights.get(t, 1.0) > 0]
+            if not left:  # a type weighted 0 is never asked
+                break
+            w = np.array([type_weights.get(t, 1.0) for t in left], dtype=np.float64)
+            t = left[int(rng.choice(len(left), p=w / w.sum()))]
+            chosen.append(by_type[t].pop(0))
+        return chosen
     while len(chosen) < k and any(by_type.values()):
         for t in types:
             if by_type[t] and len(chosen) < k:

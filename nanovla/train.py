@@ -42,6 +42,7 @@ import torch.distributed as dist
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache
+from .data.language import check_type_weights
 from .tokenizer import Tokenizer
 from .scale import (FlopsModel, full_optimizer_tensors, full_state, load_full_optimizer, peak_flops, plain_copy,
                     wrap_distributed)
@@ -111,6 +112,7 @@ class TrainConfig:
             raise ValueError(f"stage {self.stage!r} needs --init CHECKPOINT (the previous stage's output)")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
+        check_type_weights(self.qa_type_weights)
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
         for i, source in enumerate(self.sources):

@@ -178,3 +178,15 @@ def test_every_shipped_recipe_parses(monkeypatch):
     for path in paths:
         _, stages, _ = load_recipe(path)
         assert stages, path
+
+
+
+def test_recipe_with_bad_question_weights_fails_at_load(tmp_path):
+    from nanovla.recipe import load_recipe
+
+    for weights, message in (("{nearness = 2.0}", "unknown question type 'nearness'"),
+                             ("{near_far = -1.0}", "near_far = -1.0 is not a non-negative number")):
+        path = tmp_path / "bad.toml"
+        path.write_text(f'[[stage]]\nstage = "sft"\ninit = "x"\nout = "y"\nqa_type_weights = {weights}\n')
+        with pytest.raises(ValueError, match=message):
+            load_recipe(str(path))

@@ -138,5 +138,5 @@ def test_mixture_draws_depth_order_captions_and_checks_its_options():
     assert any(DEPTH_ORDER_PROMPT in t for t in texts) and any(DEPTH_ORDER_PROMPT not in t for t in texts)
     with pytest.raises(ValueError, match="unknown mixture kinds"):
         Mixture(data, tok, 4, {"captions": 1.0}, seed=0, max_len=256)
-    with pytest.raises(ValueError, match="qa_type_weights"):
+    with pytest.raises(ValueError, match="qa_type_weights: unknown question type 'nearness'"):
         Mixture(data, tok, 4, {"qa": 1.0}, seed=0, max_len=256, qa_type_weights={"nearness": 2.0})

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..preprocess import load_image, resize_uint8
 from ..tokenizer import Tokenizer
-from .language import DEPTH_ORDER_PROMPT, DESCRIBE_PROMPT, QA_TYPES, caption, sample_questions
+from .language import DEPTH_ORDER_PROMPT, DESCRIBE_PROMPT, caption, check_type_weights, sample_questions
 from .scenes import COLOR_NAMES, KINDS, Scene, SceneObject, generate
 
 MIXTURE_KINDS = ("caption", "qa", "text", "depth_order")
@@ -167,9 +167,7 @@ class Mixture:
         unknown = set(shares) - set(MIXTURE_KINDS)
         if unknown:
             raise ValueError(f"unknown mixture kinds {sorted(unknown)}; expected {MIXTURE_KINDS}")
-        bad = sorted(set(qa_type_weights or {}) - set(QA_TYPES))
-        if bad or any(w < 0 for w in (qa_type_weights or {}).values()):
-            raise ValueError(f"qa_type_weights: unknown types {bad} or negative weights; types are {', '.join(QA_TYPES)}")
+        check_type_weights(qa_type_weights)
         self.qa_type_weights = dict(qa_type_weights or {})
         self.text_all_pairs = text_all_pairs
         self.data, self.tok, self.image_tokens = data, tokenizer, image_tokens

@@ -119,6 +119,15 @@ def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train") 
     return qa
 
 
+def check_type_weights(weights: dict | None) -> None:
+    """Weights for `sample_questions`: known question types, non-negative numbers."""
+    for t, w in (weights or {}).items():
+        if t not in QA_TYPES:
+            raise ValueError(f"qa_type_weights: unknown question type {t!r}; types are {', '.join(QA_TYPES)}")
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
+            raise ValueError(f"qa_type_weights: {t} = {w!r} is not a non-negative number")
+
+
 def sample_questions(scene: Scene, rng: np.random.Generator, split: str = "train", k: int = 8,
                      type_weights: dict[str, float] | None = None) -> list[dict]:
     """Up to k questions, spread over the question types (round-robin over shuffled types).

@@ -145,12 +145,12 @@ def cmd_eval_format(args) -> int:
         metrics.pop("wrong_examples", None)
     text = json.dumps(metrics, indent=2)
     print(text)
-    out = args.out or "metrics.json"
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, out)
-    _log(f"wrote {out}")
+    if args.out:  # as Core's eval: stdout always, a file only when asked (never into the CWD unasked)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, args.out)
+        _log(f"wrote {args.out}")
     return 0
 
 

@@ -61,16 +61,20 @@ def test_caption_object_recall_precision(monkeypatch):
 @pytest.mark.parametrize("maker,fmt,images", [(make_llava, "llava", "images"), (make_coco, "coco", ""),
                                               (make_vqa, "vqa", ""), (make_gqa, "gqa", "images"),
                                               (make_hf, "hf", "")])
-def test_eval_command_on_each_format(tmp_path, tiny_checkpoint, capsys, maker, fmt, images):
+def test_eval_command_on_each_format(tmp_path, tiny_checkpoint, capsys, monkeypatch, maker, fmt, images):
     from nanovla.cli import main
 
     path = maker(str(tmp_path / fmt))
-    args = ["eval", "--data", path, "--model", tiny_checkpoint, "--max-new-tokens", "4",
-            "--out", str(tmp_path / "metrics.json")]
+    monkeypatch.chdir(tmp_path / fmt)  # nothing may land in the working directory unasked
+    args = ["eval", "--data", path, "--model", tiny_checkpoint, "--max-new-tokens", "4"]
     if images:
         args += ["--images", str(tmp_path / fmt / images)]
     assert main(args) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads(capsys.readouterr().out)
+    assert not (tmp_path / fmt / "metrics.json").exists()
+    if fmt == "llava":  # --out writes the same JSON
+        assert main(args + ["--out", str(tmp_path / "metrics.json")]) == 0
+        assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(capsys.readouterr().out)
     assert metrics["format"] == fmt
     assert sum(metrics["skipped"].values()) >= 1  # the missing/corrupt images, counted
     if fmt in ("vqa", "gqa", "hf"):

@@ -258,7 +258,7 @@ def cmd_train(args) -> int:
         run_recipe(args.recipe, only=args.only)
         return 0
     if not args.stage:
-        raise CLIError("train needs --stage vision|text|align|sft or --recipe FILE.toml")
+        raise CLIError("train needs --stage vision|text|align|sft|linearize or --recipe FILE.toml")
     cfg = dataclass_from_args(TrainConfig, args)
     train(cfg, ModelConfig())
     return 0

@@ -36,6 +36,11 @@ class ProjectorConfig:
     # that plus a fixed 2-D sin/cos code of the token's cell at the scale of the normalised features,
     # so the decoder can read a token's column/row (RoPE over the raster order shows mostly the row)
     positions: str = "learned"
+    # the map into the decoder width: "mlp2x_gelu" (Linear-GELU-Linear, LLaVA-1.5) or "linear"
+    # (LLaVA-1). A linear map keeps what is linearly separate in the features separate: colour
+    # and kind stay two directions, so a (colour, kind) pair never seen in training still reads
+    # as its colour plus its kind
+    projection: str = "mlp2x_gelu"
 
 
 @dataclass
@@ -77,6 +82,8 @@ class ModelConfig:
             raise ValueError("head dimension must be even for RoPE")
         if p.resampler not in ("grid", "perceiver"):
             raise ValueError(f"unknown resampler {p.resampler!r}; expected grid or perceiver")
+        if p.projection not in ("mlp2x_gelu", "linear"):
+            raise ValueError(f"unknown projector projection {p.projection!r}; expected mlp2x_gelu or linear")
         if p.positions not in ("learned", "sincos"):
             raise ValueError(f"unknown projector positions {p.positions!r}; expected learned or sincos")
         if p.positions == "sincos" and p.resampler != "grid":

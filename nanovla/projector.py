@@ -107,9 +107,12 @@ class Projector(nn.Module):
             self.register_buffer("fixed_pos", sincos_2d(*cfg.grid, self.resampler.out_dim), persistent=False)
         else:
             self.fixed_pos = None
-        self.mlp = nn.Sequential(
-            nn.Linear(self.resampler.out_dim, cfg.width), nn.GELU(), nn.Linear(cfg.width, n_embd)
-        )
+        if cfg.projection == "linear":
+            self.mlp = nn.Sequential(nn.Linear(self.resampler.out_dim, n_embd))
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(self.resampler.out_dim, cfg.width), nn.GELU(), nn.Linear(cfg.width, n_embd)
+            )
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = self.resampler(feats) + self.pos

@@ -5,6 +5,7 @@
     stage text  : the decoder learns the caption/answer language (text only; fresh model + tokenizer)
     stage align : only the projector trains (plus the vision encoder if `train_vision`), on captions
     stage sft   : projector + the last K decoder layers (+ vision), on a caption/answer/text mixture
+    stage linearize: the MLP projector is replaced by a linear one fitted to it (nanovla.linearize)
                   balanced by answer tokens
 
 CPU or CUDA (bf16 autocast), several GPUs with `torchrun` (DDP, or FSDP for decoders that do not
@@ -43,17 +44,24 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache
 from .data.language import check_type_weights
+from .scale import (
+    FlopsModel,
+    full_optimizer_tensors,
+    full_state,
+    load_full_optimizer,
+    peak_flops,
+    plain_copy,
+    wrap_distributed,
+)
 from .tokenizer import Tokenizer
-from .scale import (FlopsModel, full_optimizer_tensors, full_state, load_full_optimizer, peak_flops, plain_copy,
-                    wrap_distributed)
 from .vlm import VisionLanguageModel
 
-STAGES = ("vision", "text", "align", "sft")
+STAGES = ("vision", "text", "align", "sft", "linearize")
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "sft"  # vision | text | align | sft
+    stage: str = "sft"  # vision | text | align | sft | linearize
     init: str = ""  # checkpoint to start from; "" builds a fresh model and tokenizer (vision/text stage)
     out: str = "runs/model"  # checkpoint directory written at the end (and at every save)
     steps: int = 1000  # optimizer steps
@@ -72,6 +80,7 @@ class TrainConfig:
     depth_order_share: float = 0.0  # captions ordered nearest first (DEPTH_ORDER_PROMPT)
     qa_turns: int = 4  # questions per image in a qa example (1..qa_turns)
     qa_type_weights: dict = field(default_factory=dict)  # e.g. {near_far = 4}: draw that question type 4x as often
+    fit_scenes: int = 2000  # stage linearize: training scenes whose image tokens the linear projector is fitted on
     text_all_pairs: bool = False  # text-only turns name any (colour, kind) pair, held-out ones too (no image shows them)
     data: str = ""  # a data.jsonl directory; "" = the procedural tabletop scenes
     num_scenes: int = 40000  # tabletop scenes rendered for training
@@ -108,7 +117,7 @@ class TrainConfig:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
-        if self.stage in ("align", "sft") and not self.init:
+        if self.stage in ("align", "sft", "linearize") and not self.init:
             raise ValueError(f"stage {self.stage!r} needs --init CHECKPOINT (the previous stage's output)")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
@@ -354,6 +363,14 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
         from .vision_stage import train_vision_stage
 
         return train_vision_stage(cfg, model, tokenizer, data, device, log)
+    if cfg.stage == "linearize":
+        if world > 1:
+            raise ValueError("stage linearize runs in one process")
+        if data is None:
+            raise ValueError("stage linearize fits on images: the tabletop scenes or a nanovla data directory, not `sources`")
+        from .linearize import linearize_stage
+
+        return linearize_stage(cfg, model, tokenizer, data, device, log)
 
     groups = set_trainable(model, cfg)
     if not groups["vision"]:

@@ -17,6 +17,7 @@ settings, results) to --out.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -222,8 +223,11 @@ def ensure_bundle(checkpoint: str, fmt: str, directory: str, args) -> str:
 
     out = os.path.join(directory, fmt)
     if is_bundle(out):
-        source = read_bundle(out, check_digests=False)["producer"]["source_checkpoint"]
-        if source == os.path.abspath(checkpoint):
+        producer = read_bundle(out, check_digests=False)["producer"]
+        weights = os.path.join(checkpoint, "model.safetensors")
+        exported = datetime.datetime.fromisoformat(producer["exported_at"]).timestamp()
+        # the same checkpoint directory, and not retrained since: a bundle of older weights is stale
+        if producer["source_checkpoint"] == os.path.abspath(checkpoint) and os.path.getmtime(weights) < exported:
             return out
     from nanovla.export.exporter import export_bundle
     from nanovla.export.formats import ExportOptions

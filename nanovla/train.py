@@ -5,8 +5,8 @@
     stage text  : the decoder learns the caption/answer language (text only; fresh model + tokenizer)
     stage align : only the projector trains (plus the vision encoder if `train_vision`), on captions
     stage sft   : projector + the last K decoder layers (+ vision), on a caption/answer/text mixture
-    stage linearize: the MLP projector is replaced by a linear one fitted to it (nanovla.linearize)
                   balanced by answer tokens
+    stage linearize: the MLP projector is replaced by a linear one fitted to it (nanovla.linearize)
 
 CPU or CUDA (bf16 autocast), several GPUs with `torchrun` (DDP, or FSDP for decoders that do not
 fit one GPU), gradient accumulation, activation checkpointing, optional `torch.compile`,
@@ -367,7 +367,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
         if world > 1:
             raise ValueError("stage linearize runs in one process")
         if data is None:
-            raise ValueError("stage linearize fits on images: the tabletop scenes or a nanovla data directory, not `sources`")
+            raise ValueError("stage linearize fits on images: the tabletop scenes or a nanovla data directory, "
+                             "not `sources`")
         from .linearize import linearize_stage
 
         return linearize_stage(cfg, model, tokenizer, data, device, log)

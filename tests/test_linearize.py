@@ -58,7 +58,7 @@ def test_linearize_stage_fits_the_mlp_keeps_every_other_weight_and_sft_continues
     with torch.no_grad():  # a random encoder's tokens barely differ; trained per-token places make them
         model.projector.pos.normal_(std=1.0)
     save_checkpoint(str(tmp_path / "mlp"), model, tok)
-    run = dict(data=scenes, save_every=0, log_every=1, eval_scenes=0, heldout_scenes=0, seed=0)
+    run = {"data": scenes, "save_every": 0, "log_every": 1, "eval_scenes": 0, "heldout_scenes": 0, "seed": 0}
     train(TrainConfig(stage="linearize", init=str(tmp_path / "mlp"), out=str(tmp_path / "lin"), **run),
           log=lambda m: None)
 

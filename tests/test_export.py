@@ -324,3 +324,39 @@ def test_perceiver_projector_exports(tmp_path):
         reference = model.encode_image(pixels).numpy()
     mine = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"pixels": pixels.numpy()})[0]
     np.testing.assert_allclose(mine, reference, atol=VISION_ATOL, rtol=0)
+
+
+def test_benchmark_reuses_a_bundle_only_while_its_checkpoint_is_unchanged(checkpoint, fp32_bundle, tmp_path,
+                                                                          monkeypatch):
+    """benchmarks/bench_runtime.py exports bundles on demand; one made from older weights of the same
+    checkpoint directory must be re-exported, not benchmarked as if it were the new model."""
+    import argparse
+    import importlib.util
+    import time
+
+    from nanovla.export import exporter
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_runtime", os.path.join(root, "benchmarks", "bench_runtime.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    exports = []
+    monkeypatch.setattr(exporter, "export_bundle", lambda ckpt, fmt, out, *a, **k: exports.append((fmt, out)))
+    bundles = tmp_path / "bundles"
+    shutil.copytree(fp32_bundle, bundles / "onnx")
+    args = argparse.Namespace(parity_scenes=2, threads=1)
+
+    weights = os.path.join(checkpoint, "model.safetensors")
+    old = time.time() - 3600
+    os.utime(weights, (old, old))  # trained before the bundle was exported
+    assert bench.ensure_bundle(checkpoint, "onnx", str(bundles), args) == str(bundles / "onnx")
+    assert exports == []  # reused
+    os.utime(weights, None)  # retrained (now): the bundle is stale
+    _rewrite(str(bundles / "onnx"), lambda d: d["producer"].update(exported_at="2020-01-01T00:00:00+00:00"))
+    bench.ensure_bundle(checkpoint, "onnx", str(bundles), args)
+    assert exports == [("onnx", str(bundles / "onnx"))]
+    exports.clear()  # and a bundle of another checkpoint directory is never reused
+    _rewrite(str(bundles / "onnx"), lambda d: d["producer"].update(source_checkpoint="/elsewhere",
+                                                                    exported_at="2100-01-01T00:00:00+00:00"))
+    bench.ensure_bundle(checkpoint, "onnx", str(bundles), args)
+    assert len(exports) == 1

@@ -38,9 +38,7 @@ def projector_inputs_outputs(model: VisionLanguageModel, images: np.ndarray, bat
     for s in range(0, len(images), batch):
         pixels = torch.from_numpy(np.ascontiguousarray(images[s:s + batch])).to(device)
         pixels = pixels.permute(0, 3, 1, 2).float() / 255
-        x = p.resampler(model.neck_features(pixels)) + p.pos
-        if p.fixed_pos is not None:
-            x = x + p.fixed_pos
+        x = p.mlp_inputs(model.neck_features(pixels))
         xs.append(x.reshape(-1, x.shape[-1]).double().cpu())
         ys.append(p.mlp(x).reshape(-1, model.cfg.decoder.n_embd).double().cpu())
     return torch.cat(xs), torch.cat(ys)

@@ -114,8 +114,12 @@ class Projector(nn.Module):
                 nn.Linear(self.resampler.out_dim, cfg.width), nn.GELU(), nn.Linear(cfg.width, n_embd)
             )
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    def mlp_inputs(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The resampled tokens with their position codes: what `mlp` maps into the decoder width."""
         x = self.resampler(feats) + self.pos
         if self.fixed_pos is not None:
             x = x + self.fixed_pos
-        return self.mlp(x)
+        return x
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.mlp(self.mlp_inputs(feats))

@@ -10,6 +10,14 @@ import os
 import cv2
 
 
+def generate_scene_dir(folder: str, count: int, seed: int) -> str:
+    """A nanovla scene directory (images/ + data.jsonl) written by `nanovla data generate`."""
+    from nanovla.cli import main
+
+    assert main(["data", "generate", "--out", folder, "--count", str(count), "--seed", str(seed)]) == 0
+    return folder
+
+
 def _frames(n: int, seed: int = 5):
     from nanovla.data.language import caption
     from nanovla.data.scenes import generate

@@ -36,11 +36,9 @@ def test_fit_linear_recovers_a_linear_map():
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    from nanovla.cli import main
+    from data_helpers import generate_scene_dir
 
-    out = tmp_path_factory.mktemp("scenes")
-    assert main(["data", "generate", "--out", str(out), "--count", "6", "--seed", "4"]) == 0
-    return str(out)
+    return generate_scene_dir(str(tmp_path_factory.mktemp("scenes")), count=6, seed=4)
 
 
 def test_linearize_stage_fits_the_mlp_keeps_every_other_weight_and_sft_continues(tmp_path, scenes):

@@ -42,11 +42,9 @@ def test_the_nearer_object_owns_a_shared_cell_and_a_small_object_keeps_one():
 
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory):
-    from nanovla.cli import main
+    from data_helpers import generate_scene_dir
 
-    out = tmp_path_factory.mktemp("scenes")
-    assert main(["data", "generate", "--out", str(out), "--count", "8", "--seed", "5"]) == 0
-    return str(out)
+    return generate_scene_dir(str(tmp_path_factory.mktemp("scenes")), count=8, seed=5)
 
 
 def _config(scene_dir, out, **kw):

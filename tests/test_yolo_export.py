@@ -11,11 +11,9 @@ import pytest
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    from nanovla.cli import main
+    from data_helpers import generate_scene_dir
 
-    out = tmp_path_factory.mktemp("scenes")
-    assert main(["data", "generate", "--out", str(out), "--count", "10", "--seed", "4"]) == 0
-    return str(out)
+    return generate_scene_dir(str(tmp_path_factory.mktemp("scenes")), count=10, seed=4)
 
 
 def test_labels_are_normalised_boxes_of_every_object(scenes, tmp_path):

@@ -140,3 +140,49 @@ def test_mixture_draws_depth_order_captions_and_checks_its_options():
         Mixture(data, tok, 4, {"captions": 1.0}, seed=0, max_len=256)
     with pytest.raises(ValueError, match="qa_type_weights: unknown question type 'nearness'"):
         Mixture(data, tok, 4, {"qa": 1.0}, seed=0, max_len=256, qa_type_weights={"nearness": 2.0})
+
+
+def test_near_far_margin_asks_only_clear_pairs_and_never_loosens_the_default():
+    from nanovla.data.language import MARGIN_Y
+
+    def near_far_gaps(margin):
+        rng, gaps = np.random.default_rng(5), []
+        for i in range(40):
+            _, s = generate("train", 11, i)
+            names = {o.name: o for o in s.objects}
+            for q in all_questions(s, rng, "train", near_far_margin=margin):
+                if q["type"] == "near_far":
+                    a, b = q["question"][len("is the "):-1].split(" nearer or farther than the ")
+                    gaps.append(abs(names[a].y - names[b].y))
+        return gaps
+
+    default, clear, loose = near_far_gaps(MARGIN_Y), near_far_gaps(72.0), near_far_gaps(0.0)
+    assert min(default) > MARGIN_Y and min(clear) > 72.0
+    assert 0 < len(clear) < len(default) == len(loose)  # a margin under MARGIN_Y changes nothing
+    # other question types are untouched
+    rng_a, rng_b = np.random.default_rng(6), np.random.default_rng(6)
+    _, s = generate("train", 11, 3)
+    other = lambda qs: [q for q in qs if q["type"] != "near_far"]  # noqa: E731
+    assert other(all_questions(s, rng_a)) == other(all_questions(s, rng_b, near_far_margin=150.0))
+
+
+def test_train_config_rejects_a_near_far_margin_outside_the_frame():
+    import pytest
+
+    from nanovla.train import TrainConfig
+
+    with pytest.raises(ValueError, match="near_far_margin"):
+        TrainConfig(stage="sft", init="x", near_far_margin=-1.0).validate()
+    TrainConfig(stage="sft", init="x", near_far_margin=72.0).validate()
+
+
+def test_render_cache_serves_a_smaller_count_from_a_larger_cache(tmp_path):
+    from nanovla.data.dataset import render_cache
+
+    big = render_cache("train", 4, 6, 24, 32, str(tmp_path), workers=1, log=lambda m: None)
+    small = render_cache("train", 4, 4, 24, 32, str(tmp_path), workers=1, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train-seed4-n6-24x32.jsonl", "train-seed4-n6-24x32.npy"]
+    assert len(small) == 4 and np.array_equal(small.images, big.images[:4])
+    assert [o.name for s in small.scenes for o in s.objects] == [o.name for s in big.scenes[:4] for o in s.objects]
+    other = render_cache("train", 5, 4, 24, 32, str(tmp_path), workers=1, log=lambda m: None)  # another seed: rendered
+    assert len(other) == 4 and (tmp_path / "train-seed5-n4-24x32.npy").is_file()

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..preprocess import load_image, resize_uint8
 from ..tokenizer import Tokenizer
-from .language import DEPTH_ORDER_PROMPT, DESCRIBE_PROMPT, caption, check_type_weights, sample_questions
+from .language import DEPTH_ORDER_PROMPT, DESCRIBE_PROMPT, MARGIN_Y, caption, check_type_weights, sample_questions
 from .scenes import COLOR_NAMES, KINDS, Scene, SceneObject, generate
 
 MIXTURE_KINDS = ("caption", "qa", "text", "depth_order")
@@ -57,14 +57,20 @@ class SceneSet:
 
 def render_cache(split: str, seed: int, count: int, height: int, width: int, cache_dir: str,
                  workers: int = 2, log=print) -> SceneSet:
-    """Render (split, seed, 0..count-1) once into cache_dir; later calls just open it."""
+    """Render (split, seed, 0..count-1) once into cache_dir; later calls just open it.
+
+    Scene i depends on (split, seed, i) alone, so a cache of more scenes of the same split, seed
+    and size serves too: its first `count` scenes are these.
+    """
     stem = os.path.join(cache_dir, f"{split}-seed{seed}-n{count}-{height}x{width}")
-    if os.path.isfile(stem + ".npy") and os.path.isfile(stem + ".jsonl"):
-        images = np.load(stem + ".npy", mmap_mode="r")
-        with open(stem + ".jsonl") as f:
-            scenes = [scene_from_json(json.loads(line)) for line in f]
-        if len(scenes) == count == images.shape[0]:
-            return SceneSet(images, scenes, split)
+    for n, path in _cached_sizes(cache_dir, split, seed, height, width):
+        if n < count:
+            continue
+        images = np.load(path + ".npy", mmap_mode="r")
+        with open(path + ".jsonl") as f:
+            scenes = [scene_from_json(json.loads(line)) for _, line in zip(range(count), f)]
+        if len(scenes) == count and images.shape[0] == n:
+            return SceneSet(images[:count], scenes, split)
     os.makedirs(cache_dir, exist_ok=True)
     chunk = 250
     jobs = [(split, seed, s, min(s + chunk, count), height, width) for s in range(0, count, chunk)]
@@ -83,6 +89,18 @@ def render_cache(split: str, seed: int, count: int, height: int, width: int, cac
     os.replace(stem + ".npy.tmp", stem + ".npy")
     os.replace(stem + ".jsonl.tmp", stem + ".jsonl")
     return render_cache(split, seed, count, height, width, cache_dir, workers, log)
+
+
+def _cached_sizes(cache_dir: str, split: str, seed: int, height: int, width: int) -> list[tuple[int, str]]:
+    """(scene count, path stem) of the complete caches of this split, seed and size, smallest first."""
+    prefix, suffix = f"{split}-seed{seed}-n", f"-{height}x{width}"
+    found = []
+    for name in os.listdir(cache_dir) if os.path.isdir(cache_dir) else []:
+        stem = name[: -len(".npy")] if name.endswith(".npy") else ""
+        n = stem[len(prefix): -len(suffix)] if stem.startswith(prefix) and stem.endswith(suffix) else ""
+        if n.isdigit() and os.path.isfile(os.path.join(cache_dir, stem + ".jsonl")):
+            found.append((int(n), os.path.join(cache_dir, stem)))
+    return sorted(found)
 
 
 def load_data_dir(path: str, height: int, width: int, log=print) -> SceneSet:
@@ -117,8 +135,9 @@ def depth_order_example(scene: Scene) -> list[dict]:
 
 
 def qa_example(scene: Scene, rng: np.random.Generator, split: str, max_turns: int = 4,
-               type_weights: dict[str, float] | None = None) -> list[dict]:
-    qs = sample_questions(scene, rng, split, k=int(rng.integers(1, max_turns + 1)), type_weights=type_weights)
+               type_weights: dict[str, float] | None = None, near_far_margin: float = MARGIN_Y) -> list[dict]:
+    qs = sample_questions(scene, rng, split, k=int(rng.integers(1, max_turns + 1)), type_weights=type_weights,
+                          near_far_margin=near_far_margin)
     turns: list[dict] = []
     for q in qs:
         turns += [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["answer"]}]
@@ -163,13 +182,14 @@ class Mixture:
 
     def __init__(self, data: SceneSet, tokenizer: Tokenizer, image_tokens: int, shares: dict[str, float],
                  seed: int, max_len: int, qa_turns: int = 4, qa_type_weights: dict[str, float] | None = None,
-                 text_all_pairs: bool = False):
+                 text_all_pairs: bool = False, near_far_margin: float = MARGIN_Y):
         unknown = set(shares) - set(MIXTURE_KINDS)
         if unknown:
             raise ValueError(f"unknown mixture kinds {sorted(unknown)}; expected {MIXTURE_KINDS}")
         check_type_weights(qa_type_weights)
         self.qa_type_weights = dict(qa_type_weights or {})
         self.text_all_pairs = text_all_pairs
+        self.near_far_margin = near_far_margin
         self.data, self.tok, self.image_tokens = data, tokenizer, image_tokens
         self.rng = np.random.default_rng(seed)
         self.max_len, self.qa_turns = max_len, qa_turns
@@ -192,7 +212,8 @@ class Mixture:
         elif kind == "depth_order":
             turns, image = depth_order_example(scene), True
         elif kind == "qa":
-            turns, image = qa_example(scene, self.rng, split, self.qa_turns, self.qa_type_weights), True
+            turns, image = qa_example(scene, self.rng, split, self.qa_turns, self.qa_type_weights,
+                                      self.near_far_margin), True
         else:
             turns, image = text_example(scene, self.rng, split, self.text_all_pairs), False
         r = self.tok.render(turns, self.image_tokens if image else 0)

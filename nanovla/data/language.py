@@ -70,8 +70,15 @@ def _left_of(scene: Scene, target: SceneObject) -> str | None:
     return f"the {left[0].name}"
 
 
-def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train") -> list[dict]:
-    """Every well-posed question about the scene, each {'question', 'answer', 'type'}."""
+def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train",
+                  near_far_margin: float = MARGIN_Y) -> list[dict]:
+    """Every well-posed question about the scene, each {'question', 'answer', 'type'}.
+
+    `near_far_margin` (pixels of a 640x480 frame; training only) asks nearer/farther only of
+    pairs whose base points are at least that far apart in height; below MARGIN_Y a pair is never
+    asked, whatever the value.
+    """
+    margin_y = max(MARGIN_Y, near_far_margin)
     objs = scene.objects
     present = {(o.color, o.kind) for o in objs}
     qa: list[dict] = []
@@ -110,7 +117,7 @@ def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train") 
                 continue
             if abs(a.cx - b.cx) > MARGIN_X:
                 add(f"is the {a.name} left or right of the {b.name}?", "left" if a.cx < b.cx else "right", "left_right")
-            if abs(a.y - b.y) > MARGIN_Y:
+            if abs(a.y - b.y) > margin_y:
                 add(f"is the {a.name} nearer or farther than the {b.name}?", "nearer" if a.y > b.y else "farther",
                     "near_far")
         answer = _left_of(scene, a)
@@ -129,13 +136,14 @@ def check_type_weights(weights: dict | None) -> None:
 
 
 def sample_questions(scene: Scene, rng: np.random.Generator, split: str = "train", k: int = 8,
-                     type_weights: dict[str, float] | None = None) -> list[dict]:
+                     type_weights: dict[str, float] | None = None, near_far_margin: float = MARGIN_Y) -> list[dict]:
     """Up to k questions, spread over the question types (round-robin over shuffled types).
 
     With `type_weights` (training only), each question's type is drawn in proportion to its
     weight (1 for a type not named) among the types that still have questions left.
+    `near_far_margin` as in `all_questions`.
     """
-    pool = all_questions(scene, rng, split)
+    pool = all_questions(scene, rng, split, near_far_margin)
     if split == "heldout":  # keep the questions about held-out objects first
         def involves_heldout(q: dict) -> bool:
             text = q["question"] + " " + q["answer"]

@@ -162,7 +162,8 @@ def test_near_far_margin_asks_only_clear_pairs_and_never_loosens_the_default():
     # other question types are untouched
     rng_a, rng_b = np.random.default_rng(6), np.random.default_rng(6)
     _, s = generate("train", 11, 3)
-    other = lambda qs: [q for q in qs if q["type"] != "near_far"]  # noqa: E731
+    def other(qs):
+        return [q for q in qs if q["type"] != "near_far"]
     assert other(all_questions(s, rng_a)) == other(all_questions(s, rng_b, near_far_margin=150.0))
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..preprocess import load_image, resize_uint8
 from ..tokenizer import Tokenizer
 from .language import DEPTH_ORDER_PROMPT, DESCRIBE_PROMPT, MARGIN_Y, caption, check_type_weights, sample_questions
-from .scenes import COLOR_NAMES, KINDS, Scene, SceneObject, generate
+from .scenes import ALL_PAIRS, Scene, SceneObject, generate
 
 MIXTURE_KINDS = ("caption", "qa", "text", "depth_order")
 
@@ -146,7 +146,7 @@ def qa_example(scene: Scene, rng: np.random.Generator, split: str, max_turns: in
 
 def renamed(scene: Scene, rng: np.random.Generator) -> Scene:
     """The same layout with each object's (colour, kind) redrawn from all 64 pairs (distinct)."""
-    pairs = [(c, k) for c in COLOR_NAMES for k in KINDS]
+    pairs = ALL_PAIRS
     picks = rng.choice(len(pairs), size=len(scene.objects), replace=False) if scene.objects else []
     objects = [SceneObject(kind=pairs[int(j)][1], color=pairs[int(j)][0], x=o.x, y=o.y, size=o.size, bbox=list(o.bbox))
                for o, j in zip(scene.objects, picks)]

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from .scenes import COLOR_NAMES, HEIGHT, HELDOUT_PAIRS, KINDS, WIDTH, Scene, SceneObject
+from .scenes import ALL_PAIRS, COLOR_NAMES, HEIGHT, HELDOUT_PAIRS, KINDS, WIDTH, Scene, SceneObject
 
 DESCRIBE_PROMPT = "describe the scene."
 # the same caption with the objects ordered nearest first: a training prompt whose only new demand
@@ -89,7 +89,7 @@ def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train",
     # existence: every present object, and as many absent pairs (never a held-out pair outside heldout)
     for o in objs:
         add(f"is there {with_article(o.name)}?", "yes", "exist")
-    absent = [(c, k) for c in COLOR_NAMES for k in KINDS
+    absent = [(c, k) for c, k in ALL_PAIRS
               if (c, k) not in present and (split == "heldout" or (c, k) not in HELDOUT_PAIRS)]
     for i in rng.permutation(len(absent))[: max(2, len(objs))]:
         c, k = absent[int(i)]

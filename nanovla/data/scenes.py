@@ -38,6 +38,8 @@ HELDOUT_PAIRS = frozenset({
     ("red", "ball"), ("blue", "cube"), ("green", "cup"), ("yellow", "cone"),
     ("purple", "bottle"), ("orange", "ring"), ("pink", "box"), ("white", "cylinder"),
 })
+# every (colour, kind) pair, in a fixed order
+ALL_PAIRS = tuple((c, k) for c in COLOR_NAMES for k in KINDS)
 SPLITS = ("train", "eval", "heldout")
 MAX_OBJECTS = 6
 
@@ -79,7 +81,7 @@ def scene_seed(split: str, seed: int, index: int) -> int:
 
 
 def allowed_pairs(split: str) -> list[tuple[str, str]]:
-    pairs = [(c, k) for c in COLOR_NAMES for k in KINDS]
+    pairs = list(ALL_PAIRS)
     if split == "heldout":
         return pairs  # held-out pairs are forced in below; others may accompany them
     return [p for p in pairs if p not in HELDOUT_PAIRS]

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 
-from .scenes import COLOR_NAMES, KINDS
+from .scenes import ALL_PAIRS, KINDS
 
 CLASS_SETS = ("kind", "color_kind")
 
@@ -28,7 +28,7 @@ def class_names(classes: str) -> list[str]:
     if classes == "kind":
         return list(KINDS)
     if classes == "color_kind":
-        return [f"{c} {k}" for c in COLOR_NAMES for k in KINDS]
+        return [f"{c} {k}" for c, k in ALL_PAIRS]
     raise ValueError(f"classes must be one of {', '.join(CLASS_SETS)}, got {classes!r}")
 
 

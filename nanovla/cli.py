@@ -1,7 +1,7 @@
 """The `nanovla` command line.
 
     nanovla data generate --out DIR --count N --seed S [--split train|eval|heldout]
-    nanovla describe IMAGE... [--model DIR] [--backend torch|onnxruntime|tensorrt] [--json]
+    nanovla describe IMAGE... [--model DIR] [--backend auto|torch|onnxruntime|tensorrt] [--json]
     nanovla ask IMAGE "QUESTION" [--json]      |  nanovla ask --questions FILE.jsonl
     nanovla eval --data DIR [--model DIR]
     nanovla train --stage STAGE [--field value ...]   |  nanovla train --recipe FILE.toml
@@ -20,11 +20,9 @@ import sys
 import time
 import typing
 
+from .cli_common import CLIError, load_runtime_from_args
+
 EXIT_BAD_INPUT = 2
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line."""
 
 
 def _emit(obj: dict) -> None:
@@ -104,15 +102,6 @@ def cmd_data_generate(args) -> int:
     return 0
 
 
-def _load_runtime(args):
-    from .runtime import RuntimeError_, load_runtime
-
-    try:
-        return load_runtime(args.model, backend=args.backend, device=args.device, threads=args.threads or None)
-    except RuntimeError_ as e:
-        raise CLIError(str(e)) from None
-
-
 def _sampling(args) -> dict:
     return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
             "top_p": args.top_p, "seed": args.seed}
@@ -121,7 +110,7 @@ def _sampling(args) -> dict:
 def cmd_describe(args) -> int:
     from .preprocess import ImageError, load_image
 
-    runtime = _load_runtime(args)
+    runtime = load_runtime_from_args(args)
     failures = 0
     for path in args.images:
         try:
@@ -150,7 +139,7 @@ def cmd_ask(args) -> int:
         raise CLIError("ask needs IMAGE and QUESTION (or --questions FILE.jsonl)")
     question = check_question(args.question)
     image = load_image(args.image)
-    runtime = _load_runtime(args)
+    runtime = load_runtime_from_args(args)
     answer = runtime.ask(image, question, **_sampling(args))
     if args.json:
         _emit({"answer": answer.text, "latency_ms": round(answer.latency_ms, 2)})
@@ -166,7 +155,7 @@ def _ask_batch(args) -> int:
     if not os.path.isfile(args.questions):
         raise CLIError(f"{args.questions}: no such file")
     base = os.path.dirname(os.path.abspath(args.questions))
-    runtime = _load_runtime(args)
+    runtime = load_runtime_from_args(args)
     contexts: dict[str, object] = {}  # one encode per image, reused across its questions
     failures = 0
     with open(args.questions, encoding="utf-8", errors="strict") as f:
@@ -217,7 +206,7 @@ def cmd_eval(args) -> int:
         return cmd_eval_format(args)
     if not os.path.isfile(path):
         raise CLIError(f"{args.data}: no data.jsonl (make one with `nanovla data generate`)")
-    runtime = _load_runtime(args)
+    runtime = load_runtime_from_args(args)
     skipped = []
 
     def rows():
@@ -285,7 +274,7 @@ def cmd_info(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from .runtime.base import BACKENDS
+    from .runtime.base import BACKEND_CHOICES
 
     parser = argparse.ArgumentParser(prog="nanovla", description="edge vision-language runtime for robots")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -301,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime_args(p):
         p.add_argument("--model", default=None, help="checkpoint or bundle directory (default: the shipped model)")
-        p.add_argument("--backend", default="torch", choices=sorted(BACKENDS))
+        p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                       help="auto (the default): onnxruntime for a bundle (with no --model: the shipped int8 "
+                            "bundle, where onnxruntime imports), torch for a checkpoint")
         p.add_argument("--device", default="cpu", help="cpu | cuda")
         p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
         p.add_argument("--max-new-tokens", type=int, default=64)

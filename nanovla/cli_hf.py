@@ -131,12 +131,12 @@ def wants_format_eval(args) -> bool:
 
 def cmd_eval_format(args) -> int:
     """`nanovla eval --format F`: score a checkpoint or bundle on a LLaVA/COCO/VQA/GQA/HF data set."""
-    from .cli import _load_runtime
+    from .cli_common import load_runtime_from_args
     from .data.formats import load_source
     from .evaluate_formats import evaluate_source
 
     source = load_source(args.data, args.format or "auto", images=args.images, log=_log)
-    runtime = _load_runtime(args)
+    runtime = load_runtime_from_args(args)
     metrics = evaluate_source(runtime, source, limit=args.limit, log=_log if args.verbose else None,
                               max_new_tokens=args.max_new_tokens)
     metrics.update({"data": args.data, "format": source.format, "model": runtime.model_path,

@@ -17,7 +17,6 @@ settings, results) to --out.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -219,15 +218,13 @@ def run_worker(args) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 def ensure_bundle(checkpoint: str, fmt: str, directory: str, args) -> str:
-    from nanovla.export.bundle import is_bundle, read_bundle
+    from nanovla.runtime.bundle import is_bundle, read_bundle, weights_digest
 
     out = os.path.join(directory, fmt)
     if is_bundle(out):
         producer = read_bundle(out, check_digests=False)["producer"]
-        weights = os.path.join(checkpoint, "model.safetensors")
-        exported = datetime.datetime.fromisoformat(producer["exported_at"]).timestamp()
-        # the same checkpoint directory, and not retrained since: a bundle of older weights is stale
-        if producer["source_checkpoint"] == os.path.abspath(checkpoint) and os.path.getmtime(weights) < exported:
+        # exported from these very weights: a bundle of older weights (or another checkpoint) is stale
+        if producer.get("source_weights_sha256") == weights_digest(checkpoint):
             return out
     from nanovla.export.exporter import export_bundle
     from nanovla.export.formats import ExportOptions

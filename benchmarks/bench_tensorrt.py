@@ -25,7 +25,7 @@ def why_not_available() -> str | None:
         import tensorrt  # noqa: F401
     except ImportError:
         return "TensorRT is not installed (pip install 'nanovla[tensorrt]' on a GPU machine)"
-    from nanovla.export.tensorrt_build import cudart, gpu_name
+    from nanovla.runtime.gpu import cudart, gpu_name
 
     if cudart() is None:
         return "cuda-python is not installed (pip install 'nanovla[tensorrt]')"
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
     from nanovla.export.exporter import export_bundle
     from nanovla.export.formats import ExportOptions
-    from nanovla.export.tensorrt_build import gpu_name
+    from nanovla.runtime.gpu import gpu_name
     from nanovla.runtime.base import resolve_model
 
     checkpoint = resolve_model(args.model)

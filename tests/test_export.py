@@ -113,7 +113,7 @@ def test_cached_onnx_decode_gives_pytorch_tokens(checkpoint, fp32_bundle):
 
 
 def test_bundle_json_records_io_parity_and_producer(fp32_bundle):
-    from nanovla.export.bundle import read_bundle
+    from nanovla.runtime.bundle import read_bundle
 
     data = read_bundle(fp32_bundle)
     assert data["precision"] == "fp32"
@@ -128,7 +128,7 @@ def test_bundle_json_records_io_parity_and_producer(fp32_bundle):
 
 
 def test_int8_bundle_is_quantized_and_reports_accuracy_next_to_fp32(int8_bundle):
-    from nanovla.export.bundle import read_bundle
+    from nanovla.runtime.bundle import read_bundle
     from nanovla.runtime.ort_backend import OnnxRuntime
 
     data = read_bundle(int8_bundle)
@@ -146,7 +146,7 @@ def test_int8_bundle_is_quantized_and_reports_accuracy_next_to_fp32(int8_bundle)
 
 
 def test_fp16_bundle_keeps_required_io_fp32(checkpoint, tmp_path):
-    from nanovla.export.bundle import read_bundle
+    from nanovla.runtime.bundle import read_bundle
     from nanovla.export.exporter import export_bundle
     from nanovla.runtime.ort_backend import OnnxRuntime
 
@@ -217,7 +217,7 @@ def test_modified_graph_is_detected(fp32_bundle, tmp_path):
 
 
 def test_graph_whose_inputs_do_not_match_bundle_json(fp32_bundle, tmp_path):
-    from nanovla.export.bundle import file_entry
+    from nanovla.runtime.bundle import file_entry
 
     bundle = _copy(fp32_bundle, tmp_path)
     # a different graph put in place of prefill.onnx, with bundle.json's digest "fixed" to match it
@@ -235,7 +235,7 @@ def test_graph_whose_inputs_do_not_match_bundle_json(fp32_bundle, tmp_path):
 def test_wrong_tokenizer_is_rejected(fp32_bundle, tmp_path):
     from tiny_models import tiny_tokenizer
 
-    from nanovla.export.bundle import file_entry
+    from nanovla.runtime.bundle import file_entry
 
     bundle = _copy(fp32_bundle, tmp_path)
     tiny_tokenizer(vocab_size=300).save(os.path.join(bundle, "tokenizer.json"))
@@ -328,13 +328,14 @@ def test_perceiver_projector_exports(tmp_path):
 
 def test_benchmark_reuses_a_bundle_only_while_its_checkpoint_is_unchanged(checkpoint, fp32_bundle, tmp_path,
                                                                           monkeypatch):
-    """benchmarks/bench_runtime.py exports bundles on demand; one made from older weights of the same
-    checkpoint directory must be re-exported, not benchmarked as if it were the new model."""
+    """benchmarks/bench_runtime.py exports bundles on demand; one made from other weights (older
+    weights of the same checkpoint, or another checkpoint) must be re-exported, not benchmarked as
+    if it were this model: bundle.json's source weights digest decides."""
     import argparse
     import importlib.util
-    import time
 
     from nanovla.export import exporter
+    from nanovla.runtime.bundle import weights_digest
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location("bench_runtime", os.path.join(root, "benchmarks", "bench_runtime.py"))
@@ -346,17 +347,14 @@ def test_benchmark_reuses_a_bundle_only_while_its_checkpoint_is_unchanged(checkp
     shutil.copytree(fp32_bundle, bundles / "onnx")
     args = argparse.Namespace(parity_scenes=2, threads=1)
 
-    weights = os.path.join(checkpoint, "model.safetensors")
-    old = time.time() - 3600
-    os.utime(weights, (old, old))  # trained before the bundle was exported
+    assert read_producer(bundles / "onnx")["source_weights_sha256"] == weights_digest(checkpoint)
     assert bench.ensure_bundle(checkpoint, "onnx", str(bundles), args) == str(bundles / "onnx")
     assert exports == []  # reused
-    os.utime(weights, None)  # retrained (now): the bundle is stale
-    _rewrite(str(bundles / "onnx"), lambda d: d["producer"].update(exported_at="2020-01-01T00:00:00+00:00"))
-    bench.ensure_bundle(checkpoint, "onnx", str(bundles), args)
+    _rewrite(str(bundles / "onnx"), lambda d: d["producer"].update(source_weights_sha256="0" * 64))
+    bench.ensure_bundle(checkpoint, "onnx", str(bundles), args)  # other weights: stale
     assert exports == [("onnx", str(bundles / "onnx"))]
-    exports.clear()  # and a bundle of another checkpoint directory is never reused
-    _rewrite(str(bundles / "onnx"), lambda d: d["producer"].update(source_checkpoint="/elsewhere",
-                                                                    exported_at="2100-01-01T00:00:00+00:00"))
-    bench.ensure_bundle(checkpoint, "onnx", str(bundles), args)
-    assert len(exports) == 1
+
+
+def read_producer(bundle) -> dict:
+    with open(os.path.join(bundle, "bundle.json")) as f:
+        return json.load(f)["producer"]

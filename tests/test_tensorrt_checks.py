@@ -73,7 +73,7 @@ def test_checker_flags_unsupported_ops_int64_and_undeclared_dims(tmp_path):
 
 
 def test_optimization_profiles_cover_every_dynamic_input(bundle):
-    from nanovla.export.bundle import read_bundle
+    from nanovla.runtime.bundle import read_bundle
     from nanovla.export.tensorrt_build import profile_shapes
 
     data = read_bundle(bundle)

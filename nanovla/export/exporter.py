@@ -13,10 +13,8 @@ import shutil
 import time
 from typing import Callable
 
-from .bundle import GRAPHS, file_entry, write_bundle_json
+from ..runtime.bundle import GRAPH_FILES, GRAPHS, file_entry, weights_digest, write_bundle_json
 from .formats import FORMATS, ExportOptions
-
-GRAPH_FILES = {g: f"{g}.onnx" for g in GRAPHS}
 
 
 class ExportError(ValueError):
@@ -64,6 +62,26 @@ def _shown(name: str) -> str:
     return name if not name.startswith(".fp32") else name + " (reference, not kept)"
 
 
+def _source_name(checkpoint: str) -> str:
+    """The checkpoint as bundle.json records it: a model inside the installed package (the shipped
+    default) as "nanovla/..." so the shipped bundle does not carry the exporting machine's path."""
+    from ..paths import PACKAGE_DIR
+
+    path = os.path.abspath(checkpoint)
+    if os.path.commonpath([path, PACKAGE_DIR]) == PACKAGE_DIR:
+        return os.path.join("nanovla", os.path.relpath(path, PACKAGE_DIR))
+    return path
+
+
+def _export_time() -> str:
+    """Now in UTC, or SOURCE_DATE_EPOCH where set (the reproducible-builds convention: the same
+    checkpoint then exports to the same bundle.json and graph metadata)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch
+            else datetime.datetime.now(datetime.timezone.utc))
+    return when.isoformat(timespec="seconds")
+
+
 def _size(path: str) -> str:
     return f"{os.path.getsize(path) / 1e6:.1f} MB"
 
@@ -106,8 +124,9 @@ def _write_bundle(model, tokenizer, checkpoint, fmt, options: ExportOptions, tmp
     cfg = model.cfg
     d = cfg.decoder
     producer = {"name": "nanovla export", "format": fmt.name, "versions": _versions(),
-                "source_checkpoint": os.path.abspath(checkpoint),
-                "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                "source_checkpoint": _source_name(checkpoint),
+                "source_weights_sha256": weights_digest(checkpoint),
+                "exported_at": _export_time()}
     quantized = fmt.precision in ("int8", "fp16")
     fp32_dir = os.path.join(tmp, ".fp32") if quantized else tmp
     os.makedirs(fp32_dir, exist_ok=True)

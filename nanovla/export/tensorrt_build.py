@@ -18,40 +18,14 @@ from __future__ import annotations
 import os
 import time
 
-from .bundle import GRAPHS, file_entry
+from ..runtime.bundle import GRAPHS, file_entry
+from ..runtime.gpu import cudart, gpu_name
 
 
 def _error(message: str) -> Exception:
     from .exporter import ExportError
 
     return ExportError(message)
-
-
-def cudart():
-    """cuda-python's runtime module (new `cuda.bindings` layout first), or None."""
-    try:
-        from cuda.bindings import runtime
-        return runtime
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart as runtime
-        return runtime
-    except ImportError:
-        return None
-
-
-def gpu_name() -> str | None:
-    rt = cudart()
-    if rt is None:
-        return None
-    err, count = rt.cudaGetDeviceCount()
-    if int(err) != 0 or count == 0:
-        return None
-    err, props = rt.cudaGetDeviceProperties(0)
-    name = props.name
-    name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-    return f"{name.strip(chr(0))} (sm_{props.major}{props.minor})"
 
 
 def require_tensorrt():

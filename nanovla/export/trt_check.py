@@ -89,7 +89,7 @@ def check_onnx_for_tensorrt(path: str, dynamic_inputs: dict[str, tuple[str, ...]
 
 
 def check_bundle_for_tensorrt(bundle_dir: str) -> dict[str, dict]:
-    from .bundle import GRAPHS, read_bundle
+    from ..runtime.bundle import GRAPHS, read_bundle
 
     data = read_bundle(bundle_dir, check_digests=False)
     reports = {}

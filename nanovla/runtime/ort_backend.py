@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..export.bundle import BundleError, check_io, is_bundle, ort_io, read_bundle
+from .bundle import BundleError, check_io, is_bundle, ort_io, read_bundle
 from ..preprocess import preprocess
 from ..tokenizer import Tokenizer
 from .base import Runtime, RuntimeError_, decode_loop
@@ -70,7 +70,7 @@ class OnnxRuntime(Runtime):
             import onnxruntime as ort
         except ImportError:
             raise RuntimeError_("backend 'onnxruntime' needs the onnxruntime package "
-                                "(pip install nanovla[onnx])") from None
+                                "(pip install onnxruntime; `pip install nanovla` brings it)") from None
         if not is_bundle(path):
             raise RuntimeError_(f"{path}: the onnxruntime backend runs an exported bundle (make one with "
                                 f"`nanovla export {path} --to onnx-int8`)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..export.bundle import BundleError, read_bundle
+from .bundle import BundleError, read_bundle
 from ..preprocess import preprocess
 from ..tokenizer import Tokenizer
 from .base import Runtime, RuntimeError_, decode_loop
@@ -33,7 +33,7 @@ def _load_cuda():
     except ImportError:
         raise RuntimeError_("backend 'tensorrt' needs TensorRT and an NVIDIA GPU: `tensorrt` is not installed "
                             "here (pip install 'nanovla[tensorrt]' on the robot)") from None
-    from ..export.tensorrt_build import cudart, gpu_name
+    from .gpu import cudart, gpu_name
 
     rt = cudart()
     if rt is None:

@@ -1,9 +1,10 @@
-"""bundle.json: what a bundle holds and how to feed it, written at export and checked at load.
+"""The bundle format's one home: what a bundle holds, how bundle.json is written (by the
+exporter) and read and checked (by the runtimes).
 
 A bundle is a directory: the vision, prefill and decode graphs (ONNX, and TensorRT engines where
 built), tokenizer.json and bundle.json. This module needs only the standard library (and
 tokenizers, through the fingerprint), so the robot-side runtime can read and check a bundle
-without PyTorch or onnx.
+without PyTorch or onnx. `nanovla.export` imports it; it imports nothing from `nanovla.export`.
 
 Loading is strict: a missing file, a file whose digest differs from bundle.json, a tokenizer
 that is not the one the graphs were exported with, or a graph whose inputs/outputs differ from
@@ -19,6 +20,8 @@ import os
 BUNDLE_FORMAT = "nanovla-bundle/1"
 BUNDLE_FILE = "bundle.json"
 GRAPHS = ("vision", "prefill", "decode")
+GRAPH_FILES = {g: f"{g}.onnx" for g in GRAPHS}  # each graph's file name inside a bundle
+WEIGHTS_FILE = "model.safetensors"  # a checkpoint's weights (its digest is recorded as the bundle's source)
 REQUIRED_KEYS = ("format", "precision", "model", "preprocessing", "tokenizer", "graphs", "producer", "parity")
 MODEL_KEYS = ("image_height", "image_width", "image_tokens", "n_layer", "n_kv_head", "head_dim", "n_embd",
               "vocab_size", "max_seq_len", "image_token_id")
@@ -38,6 +41,12 @@ def sha256_file(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def weights_digest(checkpoint_dir: str) -> str:
+    """sha256 of a checkpoint's weights file: bundle.json's producer.source_weights_sha256, which
+    says which weights a bundle was exported from (a stale bundle is one whose digest differs)."""
+    return sha256_file(os.path.join(checkpoint_dir, WEIGHTS_FILE))
 
 
 def file_entry(bundle_dir: str, name: str) -> dict:

@@ -1,0 +1,71 @@
+"""Imports run one way: the runtime never imports the exporter (the exporter imports the runtime:
+the bundle format lives in nanovla/runtime/bundle.py), and nothing a bundle-only robot runs
+imports PyTorch at module level (only the torch backend does, and it is loaded by name)."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nanovla")
+TORCH = ("torch", "torchvision", "ultralytics", "safetensors.torch")
+# modules a bundle-only install runs (describe / ask / eval / data generate / the ROS describer)
+TORCH_FREE = ["cli.py", "cli_hf.py", "evaluate.py", "evaluate_formats.py", "paths.py", "preprocess.py", "tokenizer.py",
+              "data", "runtime"]
+TORCH_ALLOWED = {"runtime/torch_backend.py"}
+
+
+def modules(*names: str) -> list[str]:
+    """Package-relative paths of the .py files named (files, or every file under a folder)."""
+    found = []
+    for name in names:
+        path = os.path.join(PACKAGE, name)
+        if os.path.isfile(path):
+            found.append(name)
+            continue
+        for root, _, files in os.walk(path):
+            found += [os.path.relpath(os.path.join(root, f), PACKAGE) for f in files if f.endswith(".py")]
+    return sorted(found)
+
+
+def imports(relpath: str, top_level_only: bool) -> list[tuple[int, str]]:
+    """(line, absolute module name) of each import in a package module; relative imports resolved."""
+    with open(os.path.join(PACKAGE, relpath)) as f:
+        tree = ast.parse(f.read(), relpath)
+    package = ["nanovla"] + os.path.dirname(relpath).split(os.sep) if os.path.dirname(relpath) else ["nanovla"]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found.append((node.lineno, module))
+            found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]  # `from . import x`
+    return found
+
+
+def test_the_walk_sees_relative_and_nested_imports():
+    assert (16, "nanovla.runtime.bundle") in imports("export/exporter.py", top_level_only=True)
+    assert any(m == "nanovla.checkpoint" for _, m in imports("export/exporter.py", top_level_only=False))
+    assert not any(m == "nanovla.checkpoint" for _, m in imports("export/exporter.py", top_level_only=True))
+
+
+@pytest.mark.parametrize("relpath", modules("runtime"))
+def test_runtime_never_imports_the_exporter(relpath):
+    bad = [(line, m) for line, m in imports(relpath, top_level_only=False)
+           if m == "nanovla.export" or m.startswith("nanovla.export.")]
+    assert not bad, f"nanovla/{relpath} imports the exporter ({bad}); the runtime must not (export imports runtime)"
+
+
+@pytest.mark.parametrize("relpath", modules(*TORCH_FREE))
+def test_bundle_paths_import_no_torch_at_module_level(relpath):
+    if relpath in TORCH_ALLOWED:
+        pytest.skip("the torch backend itself")
+    bad = [(line, m) for line, m in imports(relpath, top_level_only=True)
+           if any(m == t or m.startswith(t + ".") for t in TORCH)
+           or m in ("nanovla.checkpoint", "nanovla.engine", "nanovla.vlm", "nanovla.train")]
+    assert not bad, f"nanovla/{relpath} imports PyTorch (or a torch module) at module level: {bad}"

@@ -6,6 +6,7 @@
     nanovla eval --data DIR [--model DIR]
     nanovla train --stage STAGE [--field value ...]   |  nanovla train --recipe FILE.toml
     nanovla info [--model DIR]
+    nanovla serve [--model DIR] [--backend B] [--host H] [--port P] [--ros-topic T]   (nanovla/serve/)
 
 Bad input is one line on stderr and a non-zero exit, never a traceback (NANOVLA_DEBUG=1 shows it).
 """
@@ -271,6 +272,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .serve.app import serve
+    except ImportError as e:
+        raise CLIError(f"serve needs the [serve] extra ({e}); pip install -e '.[serve]'") from None
+    if args.ros_topic:  # before the model loads: a missing rclpy is a one-line error at once
+        try:
+            from .serve import ros_camera  # noqa: F401
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+    if not 0 < args.port < 65536 or args.queue_size < 1 or args.max_body_mb <= 0 or args.max_new_tokens < 1:
+        raise CLIError("--port must be 1..65535, and --queue-size, --max-body-mb, --max-new-tokens positive")
+    runtime = load_runtime_from_args(args)
+    serve(runtime, args.host, args.port, ros_topic=args.ros_topic, queue_size=args.queue_size,
+          max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_tokens=args.max_new_tokens,
+          log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,13 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--questions", type=int, default=8, help="questions per image")
     gen.set_defaults(func=cmd_data_generate)
 
-    def runtime_args(p):
+    def model_args(p):
         p.add_argument("--model", default=None, help="checkpoint or bundle directory (default: the shipped model)")
         p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                        help="auto (the default): onnxruntime for a bundle (with no --model: the shipped int8 "
                             "bundle, where onnxruntime imports), torch for a checkpoint")
         p.add_argument("--device", default="cpu", help="cpu | cuda")
         p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
+
+    def runtime_args(p):
+        model_args(p)
         p.add_argument("--max-new-tokens", type=int, default=64)
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
         p.add_argument("--top-k", type=int, default=0)
@@ -334,6 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("serve", help="HTTP server: OpenAI-compatible chat API and a web page at /")
+    model_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 = every interface)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--ros-topic", default="", help="show this camera topic live (needs rclpy; a topic ending "
+                                                   "in /compressed is read as sensor_msgs/CompressedImage)")
+    s.add_argument("--queue-size", type=int, default=64, help="requests waiting for the model (more get 503)")
+    s.add_argument("--max-body-mb", type=float, default=8.0, help="larger request bodies get 413")
+    s.add_argument("--max-new-tokens", type=int, default=64, help="answer length when a request has no max_tokens")
+    s.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="print a model's config and metrics")
     i.add_argument("--model", default=None)

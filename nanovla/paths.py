@@ -10,5 +10,10 @@ def default_model_dir() -> str:
     return os.path.join(PACKAGE_DIR, "assets", "default_model")
 
 
+def default_bundle_dir() -> str:
+    """The shipped default model exported as an int8 bundle (scripts/export_default_bundle.sh)."""
+    return os.path.join(PACKAGE_DIR, "assets", "default_bundle")
+
+
 def sample_images_dir() -> str:
     return os.path.join(PACKAGE_DIR, "assets", "samples")

@@ -21,6 +21,9 @@ BACKENDS: dict[str, str] = {
     "tensorrt": "nanovla.runtime.trt_backend:TensorRTRuntime",
 }
 
+# what --backend / the `backend` parameter accept: a backend, or "auto" (see choose_backend)
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+
 # on_token(token_id, text_so_far) -> False to stop generating (streaming / cancellation)
 StreamCallback = Callable[[int, str], "bool | None"]
 
@@ -126,15 +129,47 @@ def resolve_model(model: str | None) -> str:
     return path
 
 
-def load_runtime(model: str | None = None, backend: str = "torch", device: str = "cpu", threads: int | None = None,
-                 **options) -> Runtime:
-    """Load a checkpoint or bundle directory with the named backend."""
-    if backend not in BACKENDS:
-        raise RuntimeError_(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+def _onnxruntime_imports() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(model: str | None, backend: str = "auto") -> tuple[str, str]:
+    """(model directory, backend) to load. A named backend keeps its name; with no model it runs
+    the shipped default: the checkpoint for torch, the shipped int8 bundle for the others.
+
+    "auto": a bundle directory runs with onnxruntime; a checkpoint directory with torch; no model
+    runs the shipped bundle with onnxruntime where the bundle is shipped and onnxruntime imports,
+    else the shipped checkpoint with torch. (A checkpoint's bundle is never looked for beside it:
+    which weights run is what --model names.)"""
+    from ..paths import default_bundle_dir, default_model_dir
+    from .bundle import is_bundle
+
+    if backend not in BACKEND_CHOICES:
+        raise RuntimeError_(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    shipped_bundle = default_bundle_dir() if is_bundle(default_bundle_dir()) else None
+    if model is None:
+        if backend == "auto":
+            backend = "onnxruntime" if shipped_bundle and _onnxruntime_imports() else "torch"
+        model = shipped_bundle if backend != "torch" and shipped_bundle else default_model_dir()
     path = resolve_model(model)
+    if backend == "auto":
+        backend = "onnxruntime" if is_bundle(path) else "torch"
+    return path, backend
+
+
+def load_runtime(model: str | None = None, backend: str = "auto", device: str = "cpu", threads: int | None = None,
+                 **options) -> Runtime:
+    """Load a checkpoint or bundle directory with the named backend ("auto": see choose_backend)."""
+    path, backend = choose_backend(model, backend)
     module_name, cls_name = BACKENDS[backend].split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise RuntimeError_(f"backend {backend!r} is not available here: {e}") from None
+        hint = (" (pip install 'nanovla[torch]', or run an exported bundle: `nanovla export` it and pass the "
+                "bundle directory)" if backend == "torch" else "")
+        raise RuntimeError_(f"backend {backend!r} is not available here: {e}{hint}") from None
     return getattr(module, cls_name)(path, device=device, threads=threads, **options)

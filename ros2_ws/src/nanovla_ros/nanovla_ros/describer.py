@@ -40,13 +40,13 @@ from nanovla_msgs.msg import SceneDescription
 from nanovla_msgs.srv import Ask
 
 from nanovla.data.language import DESCRIBE_PROMPT
-from nanovla.runtime.base import BACKENDS  # no torch import: the backend loads in on_configure
+from nanovla.runtime.base import BACKEND_CHOICES  # no torch import: the backend loads in on_configure
 from nanovla.tokenizer import check_question
 
 from .frame_slot import Frame, FrameSlot
 from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
 
-BACKEND_NAMES = tuple(BACKENDS)
+BACKEND_NAMES = BACKEND_CHOICES
 # parameters read when the model is loaded; changing them while configured would be silently ignored
 LOAD_TIME_PARAMETERS = ("model", "backend", "device", "threads", "image_topic", "compressed_image_topic",
                         "reliability", "qos_depth")
@@ -66,7 +66,8 @@ def _int_range(low: int, high: int) -> list[IntegerRange]:
 
 PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "model": ("", _describe("checkpoint or exported bundle directory; empty = the shipped default model")),
-    "backend": ("torch", _describe(f"runtime backend: {', '.join(BACKEND_NAMES)}")),
+    "backend": ("auto", _describe(f"runtime backend: {', '.join(BACKEND_NAMES)}; auto = onnxruntime for a bundle "
+                                  "(an empty model: the shipped int8 bundle), torch for a checkpoint")),
     "device": ("cpu", _describe("cpu, cuda or cuda:N")),
     "threads": (0, _describe("CPU threads for inference; 0 = the backend's default", integer_range=_int_range(0, 256))),
     "prompt": (DESCRIBE_PROMPT, _describe("the instruction used to describe each frame")),

@@ -3,7 +3,8 @@
 camera_sim and describer run as their installed executables (separate processes); this process
 subscribes to `description` and `/diagnostics`. Reported: descriptions per second,
 frame-to-description latency from the frame's stamp (p50/p95), the describer's own model time,
-dropped frames (with where they went), and the describer's resident memory at start and end.
+dropped frames (with where they went), and the describer's resident memory at start and end and
+its peak (goal: <= 400 MB with the default backend, auto -> the shipped int8 bundle).
 Before ROS starts, the model's own describe latency is measured in-process for comparison.
 
     source .venv/bin/activate && scripts/ros_setup.sh
@@ -39,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--transport", choices=["raw", "compressed"], default="raw")
     p.add_argument("--model", default="", help="checkpoint or bundle directory (default: the shipped model)")
-    p.add_argument("--backend", default="torch")
+    p.add_argument("--backend", default="auto", help="auto (the describer's default: the shipped int8 bundle on "
+                                                  "onnxruntime with no --model) | torch | onnxruntime | tensorrt")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="inference threads (0 = backend default)")
     p.add_argument("--max-rate-hz", type=float, default=1000.0, help="describer max_rate_hz (default: flat out)")
@@ -109,11 +111,15 @@ def shm_in_use() -> set[str]:
     return used
 
 
-def rss_mb(pid: int) -> float:
+RSS_GOAL_MB = 400  # issue 20: the describer holding a bundle, not PyTorch
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or the peak so far (VmHWM) of a process, in MB."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -209,6 +215,7 @@ def run(args) -> dict:
                                  + open(os.path.join(log_dir, "camera_sim.log")).read()[-2000:])
         camera_end = time.time()
         rss_end = rss_mb(describer.pid)
+        rss_peak = rss_mb(describer.pid, "VmHWM")
         time.sleep(2.5)  # the last description and diagnostics
     finally:
         if camera is not None:
@@ -254,7 +261,10 @@ def run(args) -> dict:
                                   "p95": 1000 * float(np.percentile([m.frame_age_s for _, m in bench], 95))},
         "model_describe_latency_ms": own,
         "p95_over_model_p95": float(np.percentile(latency, 95)) * 1000 / own["p95_ms"],
-        "rss_mb": {"start": rss_start, "after_warmup": rss_after_warmup, "end": rss_end},
+        "backend_used": bench[-1][1].backend,  # what `auto` chose (the describer's SceneDescription.backend)
+        "model_used": bench[-1][1].model,
+        "rss_mb": {"start": rss_start, "after_warmup": rss_after_warmup, "end": rss_end, "peak": rss_peak,
+                   "goal": RSS_GOAL_MB},
         "rss_growth_pct": 100 * (rss_end - (rss_after_warmup or rss_start)) / (rss_after_warmup or rss_start),
         "sample_description": bench[-1][1].text,
     }
@@ -265,7 +275,8 @@ def print_table(r: dict) -> None:
     c = r["config"]
     rows = [
         ("camera", f"{c['width']}x{c['height']} {c['transport']} @ {c['fps']:g} FPS for {c['seconds']:g} s"),
-        ("model / backend", f"{c['model'] or 'shipped default'} / {c['backend']} on {c['device']}"),
+        ("model / backend", f"{c['model'] or 'shipped default'} / {c['backend']} on {c['device']} "
+                            f"(ran {r['backend_used']}: {r['model_used']})"),
         ("frames published", r["frames_published"]),
         ("frames received by describer", f"{r['frames_received_by_describer']} "
                                          f"({r['frames_lost_in_transport']} lost in transport)"),
@@ -282,6 +293,8 @@ def print_table(r: dict) -> None:
         ("p95 / model p95 (aim <= 2)", f"{r['p95_over_model_p95']:.2f}"),
         ("describer RSS start / warm / end", f"{r['rss_mb']['start']:.0f} / {r['rss_mb']['after_warmup'] or 0:.0f} / "
                                              f"{r['rss_mb']['end']:.0f} MB"),
+        ("describer peak RSS (goal <= 400 MB)", f"{r['rss_mb']['peak']:.0f} MB "
+                                                f"({'met' if r['rss_mb']['peak'] <= RSS_GOAL_MB else 'NOT met'})"),
         ("RSS growth after warm-up (aim <= 5 %)", f"{r['rss_growth_pct']:+.1f} %"),
         ("last description", r["sample_description"][:70]),
     ]

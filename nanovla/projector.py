@@ -46,11 +46,14 @@ class GridResampler(nn.Module):
         self.norm = nn.LayerNorm(self.out_dim)
         self.num_tokens = rows * cols
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    def pool(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The parameter-free part: (B, rows*cols, sum C) pooled features, before the LayerNorm."""
         pooled = [F.avg_pool2d(f, k, k) if k != (1, 1) else f for f, k in zip(feats, self.kernels)]
         x = torch.cat(pooled, dim=1)  # (B, sum C, rows, cols)
-        x = x.flatten(2).transpose(1, 2)  # (B, rows*cols, sum C)
-        return self.norm(x)
+        return x.flatten(2).transpose(1, 2)  # (B, rows*cols, sum C)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.norm(self.pool(feats))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -116,10 +119,23 @@ class Projector(nn.Module):
 
     def mlp_inputs(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """The resampled tokens with their position codes: what `mlp` maps into the decoder width."""
-        x = self.resampler(feats) + self.pos
+        return self._with_positions(self.resampler(feats))
+
+    def _with_positions(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos
         if self.fixed_pos is not None:
             x = x + self.fixed_pos
         return x
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.mlp(self.mlp_inputs(feats))
+
+    @property
+    def poolable(self) -> bool:
+        """True when the resampler's first step has no parameters (grid pooling): a frozen encoder's
+        pooled features can then be computed once per image and `from_pooled` trains on them."""
+        return isinstance(self.resampler, GridResampler)
+
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, tokens, C) `GridResampler.pool` output -> image tokens; equal to `forward` on the features."""
+        return self.mlp(self._with_positions(self.resampler.norm(pooled)))

@@ -440,14 +440,33 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
         log("mixture: " + ", ".join(f"{k} p={p:.2f} (~{mixture.mean_answer_tokens[k]:.1f} answer tokens)"
                                     for k, p in zip(mixture.kinds, mixture.probs)))
 
+    # a frozen encoder in front of a grid resampler: its pooled features are computed once per scene
+    pooled = None
+    if sources is None and image_tokens and not groups["vision"] and model.projector.poolable:
+        from .feature_cache import pooled_feature_cache
+
+        if world > 1 and not master:
+            dist.barrier()  # rank 0 computes the features, the others then open them
+        t = time.perf_counter()
+        pooled = pooled_feature_cache(model, data, cfg.cache_dir, device=device, log=log)
+        log(f"pooled features of {len(data)} images ready in {time.perf_counter() - t:.0f} s")
+        if world > 1 and master:
+            dist.barrier()
+
     def micro_batches(step: int) -> list:
+        if pooled is not None:  # (ids, mask, None, pooled features in placeholder order)
+            out = []
+            for _ in range(cfg.grad_accum):
+                ids, mask, idx = mixture.batch_rows(cfg.batch_size, tokenizer.pad_id)
+                out.append((ids, mask, None, None if idx is None else np.ascontiguousarray(pooled[idx])))
+            return out
         if sources is None:
-            return [mixture.batch(cfg.batch_size, tokenizer.pad_id) for _ in range(cfg.grad_accum)]
+            return [(*mixture.batch(cfg.batch_size, tokenizer.pad_id), None) for _ in range(cfg.grad_accum)]
         rows = mixture.plan(step, cfg.batch_size * world * cfg.grad_accum)
         out = []
         for m in range(cfg.grad_accum):
             first = (m * world + rank) * cfg.batch_size
-            out.append(mixture.materialize(rows[first: first + cfg.batch_size], tokenizer.pad_id))
+            out.append((*mixture.materialize(rows[first: first + cfg.batch_size], tokenizer.pad_id), None))
         return out
 
     def data_position() -> dict:
@@ -467,16 +486,17 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
         batches = micro_batches(step)
-        counts = torch.tensor([float(m[:, 1:].sum()) for _, m, _ in batches])  # supervised targets per micro-batch
+        counts = torch.tensor([float(m[:, 1:].sum()) for _, m, _, _ in batches])  # supervised targets per micro-batch
         total = counts.sum().clone()
         if world > 1:
             dist.all_reduce(total)
         opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
-        for m, (ids, mask, pixels) in enumerate(batches):
+        for m, (ids, mask, pixels, features) in enumerate(batches):
             ids_t = torch.from_numpy(ids).to(device)
             mask_t = torch.from_numpy(mask).to(device)
             pix_t = torch.from_numpy(pixels).to(device) if (pixels is not None and image_tokens) else None
+            feat_t = torch.from_numpy(features).to(device) if features is not None else None
             last = m == len(batches) - 1
             sync = contextlib.nullcontext()
             if world > 1 and not last and not cfg.fsdp:
@@ -487,13 +507,13 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
                     micro_mean = torch.zeros((), device=device)
                 else:
                     with autocast:
-                        micro_mean = ddp_model(ids_t, mask_t, pix_t)
+                        micro_mean = ddp_model(ids_t, mask_t, pix_t, feat_t)
                     # token-weighted: sum over tokens / global token count (x world: DDP averages)
                     loss = micro_mean * (counts[m] * world / total) if token_weighted else micro_mean
                 loss.backward()
             loss_sum += micro_mean.detach().float() * counts[m]
             tokens_since_log += int((ids != tokenizer.pad_id).sum()) * world
-            n_images = 0 if pix_t is None else pix_t.shape[0]
+            n_images = 0 if pix_t is None else pix_t.shape[0]  # encoder FLOPs only where it ran
             flops_since_log += flops_model.step(int((ids != tokenizer.pad_id).sum()), ids.shape[1], n_images) * world
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)

@@ -47,14 +47,24 @@ class VisionLanguageModel(nn.Module):
             x = x.masked_scatter(is_image, image_embeds.to(x.dtype))
         return x
 
+    @torch.no_grad()
+    def pooled_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, image_tokens, C): the frozen encoder's grid-pooled features, what
+        `forward(pooled=...)` takes instead of pixels (a grid resampler only)."""
+        return self.projector.resampler.pool(self.neck_features(pixels))
+
     def forward(
         self,
         ids: torch.Tensor,  # (B, T)
         loss_mask: torch.Tensor,  # (B, T), 1 on supervised (assistant) tokens
         pixels: torch.Tensor | None = None,  # (B, 3, H, W) for rows that carry an image
+        pooled: torch.Tensor | None = None,  # or their `pooled_features`, computed once (frozen encoder)
     ) -> torch.Tensor:
         """Mean next-token cross-entropy over assistant tokens only."""
-        image_embeds = self.encode_image(pixels) if pixels is not None else None
+        if pooled is not None:
+            image_embeds = self.projector.from_pooled(pooled)
+        else:
+            image_embeds = self.encode_image(pixels) if pixels is not None else None
         if image_embeds is not None:
             n_placeholders = int((ids == self.image_token_id).sum())
             if n_placeholders != image_embeds.shape[0] * image_embeds.shape[1]:

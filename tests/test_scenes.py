@@ -187,3 +187,25 @@ def test_render_cache_serves_a_smaller_count_from_a_larger_cache(tmp_path):
     assert [o.name for s in small.scenes for o in s.objects] == [o.name for s in big.scenes[:4] for o in s.objects]
     other = render_cache("train", 5, 4, 24, 32, str(tmp_path), workers=1, log=lambda m: None)  # another seed: rendered
     assert len(other) == 4 and (tmp_path / "train-seed5-n4-24x32.npy").is_file()
+
+
+def test_text_turns_ask_only_what_the_caption_words_answer():
+    """A text-only nearer/farther question needs the two objects' depth words to differ."""
+    from nanovla.data.dataset import text_example
+    from nanovla.data.language import depth_word
+
+    rng = np.random.default_rng(4)
+    asked = same_word_pairs_in_scenes = 0
+    for i in range(300):
+        s = generate("train", 5, i)[1]
+        by_name = {o.name: o for o in s.objects}
+        words = {depth_word(o) for o in s.objects}
+        same_word_pairs_in_scenes += len(s.objects) > 1 and len(words) == 1
+        turns = text_example(s, rng, "train")
+        question = turns[0]["content"]
+        if "nearer or farther" not in question:
+            continue
+        asked += 1
+        a, b = question.split("is the ")[1].split(" nearer or farther than the ")
+        assert depth_word(by_name[a]) != depth_word(by_name[b.rstrip("?")]), question
+    assert asked >= 5 and same_word_pairs_in_scenes >= 20  # the filter had something to filter

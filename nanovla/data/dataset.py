@@ -17,7 +17,8 @@ import numpy as np
 
 from ..preprocess import load_image, resize_uint8
 from ..tokenizer import Tokenizer
-from .language import DEPTH_ORDER_PROMPT, DESCRIBE_PROMPT, MARGIN_Y, caption, check_type_weights, sample_questions
+from .language import (DEPTH_ORDER_PROMPT, DESCRIBE_PROMPT, MARGIN_Y, QA_TYPES, caption, check_type_weights,
+                       sample_questions)
 from .scenes import ALL_PAIRS, Scene, SceneObject, generate
 
 MIXTURE_KINDS = ("caption", "qa", "text", "depth_order")
@@ -162,7 +163,9 @@ def text_example(scene: Scene, rng: np.random.Generator, split: str, all_pairs: 
     """
     if all_pairs:
         scene = renamed(scene, rng)
-    qs = sample_questions(scene, rng, split, k=1)
+    # only a question the caption's words answer: a nearer/farther question about two objects that
+    # share a depth word ("at the back") has no answer in the text, and training on it taught a guess
+    qs = [q for q in sample_questions(scene, rng, split, k=len(QA_TYPES)) if q.get("in_caption", True)][:1]
     if not qs:
         return caption_example(scene)
     q = qs[0]
@@ -226,6 +229,14 @@ class Mixture:
 
     def batch(self, batch_size: int, pad_id: int):
         """(ids (B, T) int64, mask (B, T), pixels (n_img, 3, H, W) float32 or None) as numpy."""
+        ids, mask, idx = self.batch_rows(batch_size, pad_id)
+        pixels = None
+        if idx is not None:
+            pixels = self.data.images[idx].astype(np.float32).transpose(0, 3, 1, 2) * (1.0 / 255.0)
+        return ids, mask, pixels
+
+    def batch_rows(self, batch_size: int, pad_id: int):
+        """(ids, mask, image indices into `data` in placeholder order, or None): `batch` without pixels."""
         examples = [self.sample() for _ in range(batch_size)]
         # image rows first keeps the image order equal to the placeholder order
         examples.sort(key=lambda e: e.image_index < 0)
@@ -236,10 +247,7 @@ class Mixture:
             ids[r, : len(e.ids)] = e.ids
             mask[r, : len(e.mask)] = e.mask
         idx = [e.image_index for e in examples if e.image_index >= 0]
-        pixels = None
-        if idx:
-            pixels = self.data.images[np.array(idx)].astype(np.float32).transpose(0, 3, 1, 2) * (1.0 / 255.0)
-        return ids, mask, pixels
+        return ids, mask, (np.array(idx) if idx else None)
 
 
 def corpus(data: SceneSet, rng: np.random.Generator, n: int = 4000):

@@ -32,11 +32,14 @@ def plural(kind: str) -> str:
     return _PLURAL.get(kind, kind + "s")
 
 
+def depth_word(o: SceneObject, height: int = HEIGHT) -> str:
+    return "at the back" if o.y < 0.66 * height else "at the front"
+
+
 def place(o: SceneObject, width: int = WIDTH, height: int = HEIGHT) -> str:
     cx = o.cx
     horizontal = "on the left" if cx < width / 3 else ("on the right" if cx > 2 * width / 3 else "in the middle")
-    depth = "at the back" if o.y < 0.66 * height else "at the front"
-    return f"{horizontal} {depth}"
+    return f"{horizontal} {depth_word(o, height)}"
 
 
 def with_article(name: str) -> str:
@@ -72,7 +75,10 @@ def _left_of(scene: Scene, target: SceneObject) -> str | None:
 
 def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train",
                   near_far_margin: float = MARGIN_Y) -> list[dict]:
-    """Every well-posed question about the scene, each {'question', 'answer', 'type'}.
+    """Every well-posed question about the scene, each {'question', 'answer', 'type'}; a
+    nearer/farther question also says whether the caption's words answer it (`in_caption`: the
+    two objects' depth words differ) — every other question is answered by the caption, whose
+    left-to-right order settles left/right and "directly left of".
 
     `near_far_margin` (pixels of a 640x480 frame; training only) asks nearer/farther only of
     pairs whose base points are at least that far apart in height; below MARGIN_Y a pair is never
@@ -120,6 +126,8 @@ def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train",
             if abs(a.y - b.y) > margin_y:
                 add(f"is the {a.name} nearer or farther than the {b.name}?", "nearer" if a.y > b.y else "farther",
                     "near_far")
+                # the caption's words answer it only when the two depth words differ
+                qa[-1]["in_caption"] = depth_word(a) != depth_word(b)
         answer = _left_of(scene, a)
         if answer is not None:
             add(f"what is directly left of the {a.name}?", answer, "left_of")

@@ -99,22 +99,22 @@ def test_upload_a_sample_see_its_description_and_ask_about_it(browser, server, t
     assert "ms" in browser.find_element(By.ID, "description-latency").text
     assert browser.find_element(By.ID, "preview").get_attribute("naturalWidth") == "640"
 
-    # a question about the same image: streamed answer, its latency, and the history grows
-    question = browser.find_element(By.ID, "question")
-    question.send_keys("how many objects are there?")
-    browser.find_element(By.ID, "ask").click()
-    assert _wait_state(browser, "answer") == "done"
-    assert browser.find_element(By.ID, "answer").text.strip()
-    assert "image context cached" in browser.find_element(By.ID, "answer-latency").text
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#history li")) == 2
-
     # a shipped sample, chosen with its button
     _reset(browser, "description")
     browser.find_element(By.XPATH, "//button[text()='scene_1.jpg']").click()
     assert _wait_state(browser, "description") == "done"
     assert any(o["kind"] in browser.find_element(By.ID, "description").text for o in truth["scene_1.jpg"])
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#history li")) == 2
+
+    # a question about the same image: streamed answer, its latency, and the history grows
+    browser.find_element(By.ID, "question").send_keys("what colour is the cube?")
+    browser.find_element(By.ID, "ask").click()
+    assert _wait_state(browser, "answer") == "done"
+    assert browser.find_element(By.ID, "answer").text.strip()
+    assert "image context cached" in browser.find_element(By.ID, "answer-latency").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#history li")) == 3
 
+    browser.execute_script("window.scrollTo(0, 0)")
     screenshot = str(tmp_path / "serve.png")
     assert browser.save_screenshot(screenshot)
     if os.environ.get("NANOVLA_SCREENSHOT"):

@@ -32,6 +32,7 @@ from .worker import Job, ModelWorker, QueueFull, decode_checked, image_key
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a larger request body is refused with 413 before it is parsed
+DRAIN_BYTES = 64 * 1024 * 1024  # an oversized body is read (and dropped) up to here so the 413 arrives
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -40,18 +41,26 @@ def error_response(error: ApiError, headers: dict | None = None) -> JSONResponse
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` (declared or actually sent)."""
+    """The request body, or a 413 once it passes `limit` (declared or actually sent).
+
+    An oversized body is still read to its end (discarded, never kept), up to DRAIN_BYTES: a server
+    that closes with unread data makes the kernel reset the connection, and the client then loses
+    the 413 it was sent. Past DRAIN_BYTES the connection is given up on."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes",
-                       "invalid_request_error", code="request_too_large")
+    size_text = f"of {declared} bytes " if declared is not None and declared.isdigit() else ""
+    too_large = ApiError(413, f"request body {size_text}exceeds the limit of {limit} bytes", "invalid_request_error",
+                         code="request_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > max(limit, DRAIN_BYTES):
+        raise too_large
     chunks, size = [], 0
     async for piece in request.stream():
         size += len(piece)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds the limit of {limit} bytes", "invalid_request_error",
-                           code="request_too_large")
-        chunks.append(piece)
+        if size > DRAIN_BYTES:
+            raise too_large
+        if size <= limit:
+            chunks.append(piece)
+    if size > limit:
+        raise too_large
     return b"".join(chunks)
 
 

@@ -57,7 +57,7 @@ function latencyLine(r) {
   const parts = [`${Math.round(r.totalMs)} ms`];
   if (r.firstMs !== null) parts.push(`first word ${Math.round(r.firstMs)} ms`);
   if (r.stats) parts.push(r.stats.image_cached ? "image context cached" : `encode ${Math.round(r.stats.encode_ms)} ms`,
-                          `${r.stats.completion_tokens} tokens`);
+                          `${r.stats.completion_tokens} token${r.stats.completion_tokens === 1 ? "" : "s"}`);
   return parts.join(" · ");
 }
 
@@ -200,6 +200,7 @@ async function start() {
     button.className = "sample";
     button.textContent = name;
     button.addEventListener("click", async () => {
+      $("file").value = "";  // the file input no longer names the shown image
       const blob = await (await fetch(`/samples/${encodeURIComponent(name)}`)).blob();
       useImage(await blobToDataUrl(blob), name);
     });

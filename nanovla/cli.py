@@ -96,7 +96,8 @@ def cmd_data_generate(args) -> int:
                 raise CLIError(f"could not write {os.path.join(args.out, rel)}")
             rng = np.random.default_rng(scene_seed(args.split, args.seed, i) ^ 0x5EED)
             row = {"image": rel, "objects": [o.to_json() for o in scene.objects], "caption": caption(scene),
-                   "qa": sample_questions(scene, rng, args.split, k=args.questions)}
+                   "qa": [{k: q[k] for k in ("question", "answer", "type")}
+                          for q in sample_questions(scene, rng, args.split, k=args.questions)]}
             f.write(json.dumps(row) + "\n")
     os.replace(tmp, os.path.join(args.out, "data.jsonl"))
     print(f"wrote {args.count} {args.split} scenes to {args.out} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -272,6 +273,26 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .paths import default_model_dir
+    from .probe import format_table, probe
+
+    if args.scenes < 10:
+        raise CLIError(f"--scenes must be at least 10, got {args.scenes}")
+    path = args.model or default_model_dir()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model, tokenizer, _ = load_checkpoint(path)
+    result = probe(model, tokenizer, scenes=args.scenes, split=args.split, seed=args.seed,
+                   answers=not args.no_answers, log=lambda m: print(m, file=sys.stderr, flush=True))
+    result["model"] = path
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
 def cmd_serve(args) -> int:
     try:
         from .serve.app import serve
@@ -368,6 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body-mb", type=float, default=8.0, help="larger request bodies get 413")
     s.add_argument("--max-new-tokens", type=int, default=64, help="answer length when a request has no max_tokens")
     s.set_defaults(func=cmd_serve)
+
+    pr = sub.add_parser("probe", help="linear probes of a checkpoint's image tokens beside its answers per type")
+    pr.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
+    pr.add_argument("--scenes", type=int, default=400, help="scenes; probes fit on 70%%, score on the rest")
+    pr.add_argument("--split", default="eval", choices=("train", "eval", "heldout"))
+    pr.add_argument("--seed", type=int, default=2024)
+    pr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    pr.add_argument("--no-answers", action="store_true", help="probes only, skip the model's answers")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_probe)
 
     i = sub.add_parser("info", help="print a model's config and metrics")
     i.add_argument("--model", default=None)

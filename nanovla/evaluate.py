@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .data.language import caption_mentions, normalize_answer
+from .data.language import DESCRIBE_PROMPT, caption_mentions, caption_places, normalize_answer
 
 
 def caption_counts(predicted: str, objects: list[dict]) -> tuple[int, int, int]:
@@ -22,6 +22,14 @@ def caption_counts(predicted: str, objects: list[dict]) -> tuple[int, int, int]:
     gold = Counter((o["color"], o["kind"]) for o in objects)
     tp = sum((pred & gold).values())
     return tp, sum(pred.values()), sum(gold.values())
+
+
+def place_counts(predicted: str, reference: str) -> tuple[int, int]:
+    """(agreeing, compared): objects named once in both captions, and how many of them have the
+    same place words after their name in both."""
+    pred, ref = caption_places(predicted), caption_places(reference)
+    compared = [name for name, places in pred.items() if len(places) == 1 and len(ref.get(name, [])) == 1]
+    return sum(pred[n][0] == ref[n][0] for n in compared), len(compared)
 
 
 def f1(tp: int, n_pred: int, n_gold: int) -> dict:
@@ -35,6 +43,7 @@ def evaluate(runtime, rows: Iterable[dict], max_questions: int | None = None, lo
              max_new_tokens: int = 64) -> dict:
     """rows: {'image': RGB uint8 array, 'objects': [...], 'qa': [{'question','answer','type'}]}."""
     tp = n_pred = n_gold = 0
+    places_agree = places_compared = 0
     correct, total = Counter(), Counter()
     describe_ms, examples = [], []
     n_images = 0
@@ -43,10 +52,13 @@ def evaluate(runtime, rows: Iterable[dict], max_questions: int | None = None, lo
         n_images += 1
         context = runtime.encode(row["image"])
         t = time.perf_counter()
-        description = runtime.generate(context, "describe the scene.", max_new_tokens=max_new_tokens).text
+        description = runtime.generate(context, DESCRIBE_PROMPT, max_new_tokens=max_new_tokens).text
         describe_ms.append(getattr(context, "encode_ms", 0.0) + (time.perf_counter() - t) * 1000)
         a, b, c = caption_counts(description, row["objects"])
         tp, n_pred, n_gold = tp + a, n_pred + b, n_gold + c
+        if row.get("caption"):  # the scene graph's caption: its place words are the reference
+            agree, compared = place_counts(description, row["caption"])
+            places_agree, places_compared = places_agree + agree, places_compared + compared
         for q in row["qa"][:max_questions]:
             answer = runtime.generate(context, q["question"], max_new_tokens=16).text
             ok = normalize_answer(answer) == normalize_answer(q["answer"])
@@ -63,7 +75,9 @@ def evaluate(runtime, rows: Iterable[dict], max_questions: int | None = None, lo
         "exact_match": sum(correct.values()) / n_q if n_q else 0.0,
         "exact_match_by_type": {k: correct[k] / total[k] for k in sorted(total)},
         "questions_by_type": dict(sorted(total.items())),
-        "caption": f1(tp, n_pred, n_gold),
+        "caption": {**f1(tp, n_pred, n_gold),
+                    "place_accuracy": places_agree / places_compared if places_compared else None,
+                    "places_compared": places_compared},
         "describe_ms_p50": float(np.percentile(describe_ms, 50)) if describe_ms else 0.0,
         "seconds": time.perf_counter() - t0,
         "wrong_examples": examples,
@@ -72,12 +86,12 @@ def evaluate(runtime, rows: Iterable[dict], max_questions: int | None = None, lo
 
 def generated_rows(split: str, seed: int, count: int, questions: int = 8):
     """Eval rows straight from the generator (same scenes as `nanovla data generate`)."""
-    from .data.language import sample_questions
+    from .data.language import caption, sample_questions
     from .data.scenes import generate, scene_seed
 
     for i in range(count):
         image, scene = generate(split, seed, i)
         rng = np.random.default_rng(scene_seed(split, seed, i) ^ 0x5EED)
-        yield {"image": image, "objects": [o.to_json() for o in scene.objects],
+        yield {"image": image, "objects": [o.to_json() for o in scene.objects], "caption": caption(scene),
                "qa": sample_questions(scene, rng, split, k=questions)}
 

@@ -209,3 +209,21 @@ def test_text_turns_ask_only_what_the_caption_words_answer():
         a, b = question.split("is the ")[1].split(" nearer or farther than the ")
         assert depth_word(by_name[a]) != depth_word(by_name[b.rstrip("?")]), question
     assert asked >= 5 and same_word_pairs_in_scenes >= 20  # the filter had something to filter
+
+
+def test_caption_place_accuracy_compares_objects_named_once_in_both():
+    from nanovla.data.language import caption_places
+    from nanovla.evaluate import place_counts
+
+    reference = "a red cube on the left at the back, a blue ball in the middle at the front and a red cube on the right at the front."
+    assert caption_places(reference)[("blue", "ball")] == ["in the middle at the front"]
+    assert len(caption_places(reference)[("red", "cube")]) == 2
+    # the ball's place agrees; the red cube is named twice in the reference, so it is not compared
+    assert place_counts("a blue ball in the middle at the front and a red cube on the left at the back.", reference) == (1, 1)
+    assert place_counts("a blue ball on the right at the front.", reference) == (0, 1)
+    assert place_counts("a blue ball.", reference) == (0, 1)  # no place words at all: wrong
+    assert place_counts("a green cup on the left at the back.", reference) == (0, 0)  # invented: F1's business
+    for i in range(20):  # the scene graph's own caption agrees with itself everywhere it is compared
+        s = generate("eval", 3, i)[1]
+        agree, compared = place_counts(caption(s), caption(s))
+        assert agree == compared

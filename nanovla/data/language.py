@@ -198,3 +198,18 @@ _MENTION = re.compile(r"\b(" + "|".join(COLOR_NAMES) + r")\s+(" + "|".join(KINDS
 def caption_mentions(text: str) -> list[tuple[str, str]]:
     """(colour, kind) mentions in a caption: a colour word directly followed by a kind word."""
     return [(m.group(1), m.group(2)) for m in _MENTION.finditer(text.lower())]
+
+
+_PLACE = re.compile(r"\s*(on the left|in the middle|on the right)\s+(at the back|at the front)\b")
+
+
+def caption_places(text: str) -> dict[tuple[str, str], list[str]]:
+    """For each (colour, kind) mention, the place words right after it ("on the left at the back";
+    "" when none follow), one entry per mention."""
+    text = text.lower()
+    out: dict[tuple[str, str], list[str]] = {}
+    for m in _MENTION.finditer(text):
+        after = _PLACE.match(text, m.end())
+        out.setdefault((m.group(1), m.group(2)), []).append(f"{after.group(1)} {after.group(2)}" if after else "")
+    return out
+

@@ -54,12 +54,12 @@ def wait_healthy(base: str, timeout: float, process: subprocess.Popen | None = N
 
 
 @contextlib.contextmanager
-def serve_subprocess(*args: str, timeout: float = 300.0, log_path: str | None = None):
+def serve_subprocess(*args: str, timeout: float = 300.0, log_path: str | None = None, env: dict | None = None):
     """`python -m nanovla.cli serve --port P ARGS...` -> (base URL, Popen); stopped afterwards."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "nanovla.cli", "serve", "--port", str(port), *args],
                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
                                env=env)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import sys
 import time
@@ -58,10 +59,15 @@ def load_recipe(path: str) -> tuple[ModelConfig, list[tuple[str, TrainConfig]], 
     return model_cfg, stages, data.get("recipe", {})
 
 
+_WITH_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
 def expand(value, where: str):
-    """$VARS in recipe paths (`${MODELS}/SmolLM2-135M`): one recipe for every machine's layout."""
+    """$VARS in recipe paths (`${MODELS}/SmolLM2-135M`): one recipe for every machine's layout;
+    `${NANOVLA_RUNS:-runs}` falls back to `runs` when the variable is unset or empty."""
     if isinstance(value, str) and "$" in value:
-        expanded = os.path.expandvars(value)
+        expanded = _WITH_DEFAULT.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), value)
+        expanded = os.path.expandvars(expanded)
         if "$" in expanded:
             raise ValueError(f"{where}: {value!r} names an unset environment variable")
         return expanded

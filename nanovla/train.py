@@ -77,11 +77,8 @@ class TrainConfig:
     caption_share: float = 0.4  # mixture shares of *answer tokens*
     qa_share: float = 0.45
     text_share: float = 0.15
-    depth_order_share: float = 0.0  # captions ordered nearest first (DEPTH_ORDER_PROMPT)
     qa_turns: int = 4  # questions per image in a qa example (1..qa_turns)
     qa_type_weights: dict = field(default_factory=dict)  # e.g. {near_far = 4}: draw that question type 4x as often
-    near_far_margin: float = 0.0  # nearer/farther asked only of pairs at least this many px (of 480) apart in
-    # height (training only: a curriculum of clear pairs; below language.MARGIN_Y = 24 px, the default, changes nothing)
     fit_scenes: int = 2000  # stage linearize: training scenes whose image tokens the linear projector is fitted on
     text_all_pairs: bool = False  # text-only turns name any (colour, kind) pair, held-out ones too (no image shows them)
     data: str = ""  # a data.jsonl directory; "" = the procedural tabletop scenes
@@ -124,8 +121,6 @@ class TrainConfig:
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
         check_type_weights(self.qa_type_weights)
-        if not 0 <= self.near_far_margin < 480:
-            raise ValueError(f"near_far_margin must be in [0, 480) pixels of a 480-high frame, got {self.near_far_margin}")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
         for i, source in enumerate(self.sources):
@@ -416,8 +411,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
     elif cfg.stage == "align":
         shares, image_tokens = {"caption": 1.0}, model.image_tokens
     else:
-        shares = {"caption": cfg.caption_share, "qa": cfg.qa_share, "text": cfg.text_share,
-                  "depth_order": cfg.depth_order_share}
+        shares = {"caption": cfg.caption_share, "qa": cfg.qa_share, "text": cfg.text_share}
         image_tokens = model.image_tokens
     if sources is not None:
         from .data.packing import SourceMixture
@@ -433,8 +427,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
     else:
         mixture = Mixture(data, tokenizer, image_tokens, shares, seed=cfg.seed + 1000 * rank + start,
                           max_len=model_cfg.decoder.max_seq_len, qa_turns=cfg.qa_turns,
-                          qa_type_weights=cfg.qa_type_weights, text_all_pairs=cfg.text_all_pairs,
-                          near_far_margin=cfg.near_far_margin)
+                          qa_type_weights=cfg.qa_type_weights, text_all_pairs=cfg.text_all_pairs)
         if data_state and data_state.get("rng") and world == 1:
             mixture.rng.bit_generator.state = data_state["rng"]
         log("mixture: " + ", ".join(f"{k} p={p:.2f} (~{mixture.mean_answer_tokens[k]:.1f} answer tokens)"

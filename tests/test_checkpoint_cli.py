@@ -173,12 +173,27 @@ def test_every_shipped_recipe_parses(monkeypatch):
     from nanovla.recipe import load_recipe
 
     monkeypatch.setenv("MODELS", "/nonexistent/models")
-    paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "*.toml")))
-    assert len(paths) >= 3
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "**", "*.toml"),
+                             recursive=True))
+    assert len(paths) >= 3 and any("experiments" in p for p in paths)
     for path in paths:
         _, stages, _ = load_recipe(path)
         assert stages, path
 
+
+
+def test_recipe_paths_expand_variables_with_defaults(monkeypatch):
+    """`${NANOVLA_RUNS:-runs}`: runs/ in the checkout by default, elsewhere (a resumable state that
+    outlives the checkout) when the variable is set; a plain unset $VAR is still an error."""
+    from nanovla.recipe import expand
+
+    monkeypatch.delenv("NANOVLA_RUNS", raising=False)
+    assert expand("${NANOVLA_RUNS:-runs}/default/sft", "t") == "runs/default/sft"
+    monkeypatch.setenv("NANOVLA_RUNS", "/data/nanovla-runs")
+    assert expand(["${NANOVLA_RUNS:-runs}/a", "x"], "t") == ["/data/nanovla-runs/a", "x"]
+    monkeypatch.delenv("MODELS", raising=False)
+    with pytest.raises(ValueError, match="unset environment variable"):
+        expand("${MODELS}/SmolLM2-135M", "stage 'sft'")
 
 
 def test_recipe_with_bad_question_weights_fails_at_load(tmp_path):

@@ -114,69 +114,6 @@ def test_text_turns_may_name_heldout_pairs_only_when_asked():
     assert named_heldout[False] == 0 and named_heldout[True] > 0, named_heldout
 
 
-def test_depth_order_caption_names_the_same_objects_nearest_first():
-    for i in range(20):
-        _, s = generate("eval", 8, i)
-        by_x, by_depth = caption(s), caption(s, nearer_first=True)
-        assert sorted(caption_mentions(by_depth)) == sorted(caption_mentions(by_x))
-        ys = [next(o.y for o in s.objects if (o.color, o.kind) == m) for m in caption_mentions(by_depth)]
-        assert ys == sorted(ys, reverse=True)
-
-
-def test_mixture_draws_depth_order_captions_and_checks_its_options():
-    import pytest
-    from tiny_models import tiny_tokenizer
-
-    from nanovla.data.dataset import Mixture, SceneSet
-    from nanovla.data.language import DEPTH_ORDER_PROMPT
-
-    tok = tiny_tokenizer()
-    scenes = [generate("train", 9, i)[1] for i in range(12)]
-    data = SceneSet(np.zeros((len(scenes), 8, 8, 3), np.uint8), scenes, "train")
-    mix = Mixture(data, tok, 4, {"caption": 0.5, "depth_order": 0.5}, seed=0, max_len=256)
-    texts = [tok.decode(mix.sample().ids) for _ in range(40)]
-    assert any(DEPTH_ORDER_PROMPT in t for t in texts) and any(DEPTH_ORDER_PROMPT not in t for t in texts)
-    with pytest.raises(ValueError, match="unknown mixture kinds"):
-        Mixture(data, tok, 4, {"captions": 1.0}, seed=0, max_len=256)
-    with pytest.raises(ValueError, match="qa_type_weights: unknown question type 'nearness'"):
-        Mixture(data, tok, 4, {"qa": 1.0}, seed=0, max_len=256, qa_type_weights={"nearness": 2.0})
-
-
-def test_near_far_margin_asks_only_clear_pairs_and_never_loosens_the_default():
-    from nanovla.data.language import MARGIN_Y
-
-    def near_far_gaps(margin):
-        rng, gaps = np.random.default_rng(5), []
-        for i in range(40):
-            _, s = generate("train", 11, i)
-            names = {o.name: o for o in s.objects}
-            for q in all_questions(s, rng, "train", near_far_margin=margin):
-                if q["type"] == "near_far":
-                    a, b = q["question"][len("is the "):-1].split(" nearer or farther than the ")
-                    gaps.append(abs(names[a].y - names[b].y))
-        return gaps
-
-    default, clear, loose = near_far_gaps(MARGIN_Y), near_far_gaps(72.0), near_far_gaps(0.0)
-    assert min(default) > MARGIN_Y and min(clear) > 72.0
-    assert 0 < len(clear) < len(default) == len(loose)  # a margin under MARGIN_Y changes nothing
-    # other question types are untouched
-    rng_a, rng_b = np.random.default_rng(6), np.random.default_rng(6)
-    _, s = generate("train", 11, 3)
-    def other(qs):
-        return [q for q in qs if q["type"] != "near_far"]
-    assert other(all_questions(s, rng_a)) == other(all_questions(s, rng_b, near_far_margin=150.0))
-
-
-def test_train_config_rejects_a_near_far_margin_outside_the_frame():
-    import pytest
-
-    from nanovla.train import TrainConfig
-
-    with pytest.raises(ValueError, match="near_far_margin"):
-        TrainConfig(stage="sft", init="x", near_far_margin=-1.0).validate()
-    TrainConfig(stage="sft", init="x", near_far_margin=72.0).validate()
-
-
 def test_render_cache_serves_a_smaller_count_from_a_larger_cache(tmp_path):
     from nanovla.data.dataset import render_cache
 

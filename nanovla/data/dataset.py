@@ -17,11 +17,10 @@ import numpy as np
 
 from ..preprocess import load_image, resize_uint8
 from ..tokenizer import Tokenizer
-from .language import (DEPTH_ORDER_PROMPT, DESCRIBE_PROMPT, MARGIN_Y, QA_TYPES, caption, check_type_weights,
-                       sample_questions)
+from .language import DESCRIBE_PROMPT, QA_TYPES, caption, check_type_weights, sample_questions
 from .scenes import ALL_PAIRS, Scene, SceneObject, generate
 
-MIXTURE_KINDS = ("caption", "qa", "text", "depth_order")
+MIXTURE_KINDS = ("caption", "qa", "text")
 
 
 def scene_to_json(scene: Scene) -> dict:
@@ -130,15 +129,9 @@ def caption_example(scene: Scene) -> list[dict]:
     return [{"role": "user", "content": DESCRIBE_PROMPT}, {"role": "assistant", "content": caption(scene)}]
 
 
-def depth_order_example(scene: Scene) -> list[dict]:
-    return [{"role": "user", "content": DEPTH_ORDER_PROMPT},
-            {"role": "assistant", "content": caption(scene, nearer_first=True)}]
-
-
 def qa_example(scene: Scene, rng: np.random.Generator, split: str, max_turns: int = 4,
-               type_weights: dict[str, float] | None = None, near_far_margin: float = MARGIN_Y) -> list[dict]:
-    qs = sample_questions(scene, rng, split, k=int(rng.integers(1, max_turns + 1)), type_weights=type_weights,
-                          near_far_margin=near_far_margin)
+               type_weights: dict[str, float] | None = None) -> list[dict]:
+    qs = sample_questions(scene, rng, split, k=int(rng.integers(1, max_turns + 1)), type_weights=type_weights)
     turns: list[dict] = []
     for q in qs:
         turns += [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["answer"]}]
@@ -185,14 +178,13 @@ class Mixture:
 
     def __init__(self, data: SceneSet, tokenizer: Tokenizer, image_tokens: int, shares: dict[str, float],
                  seed: int, max_len: int, qa_turns: int = 4, qa_type_weights: dict[str, float] | None = None,
-                 text_all_pairs: bool = False, near_far_margin: float = MARGIN_Y):
+                 text_all_pairs: bool = False):
         unknown = set(shares) - set(MIXTURE_KINDS)
         if unknown:
             raise ValueError(f"unknown mixture kinds {sorted(unknown)}; expected {MIXTURE_KINDS}")
         check_type_weights(qa_type_weights)
         self.qa_type_weights = dict(qa_type_weights or {})
         self.text_all_pairs = text_all_pairs
-        self.near_far_margin = near_far_margin
         self.data, self.tok, self.image_tokens = data, tokenizer, image_tokens
         self.rng = np.random.default_rng(seed)
         self.max_len, self.qa_turns = max_len, qa_turns
@@ -212,11 +204,8 @@ class Mixture:
         split = self.data.split
         if kind == "caption":
             turns, image = caption_example(scene), True
-        elif kind == "depth_order":
-            turns, image = depth_order_example(scene), True
         elif kind == "qa":
-            turns, image = qa_example(scene, self.rng, split, self.qa_turns, self.qa_type_weights,
-                                      self.near_far_margin), True
+            turns, image = qa_example(scene, self.rng, split, self.qa_turns, self.qa_type_weights), True
         else:
             turns, image = text_example(scene, self.rng, split, self.text_all_pairs), False
         r = self.tok.render(turns, self.image_tokens if image else 0)

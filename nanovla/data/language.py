@@ -15,9 +15,6 @@ import numpy as np
 from .scenes import ALL_PAIRS, COLOR_NAMES, HEIGHT, HELDOUT_PAIRS, KINDS, WIDTH, Scene, SceneObject
 
 DESCRIBE_PROMPT = "describe the scene."
-# the same caption with the objects ordered nearest first: a training prompt whose only new demand
-# over DESCRIBE_PROMPT is comparing the objects' depths (as the left-to-right caption compares x)
-DEPTH_ORDER_PROMPT = "describe the scene, nearer objects first."
 QA_TYPES = ("exist", "count", "color", "kind", "left_right", "near_far", "left_of")
 
 # minimum separations below which a relation is too close to call (pixels in a 640x480 frame)
@@ -46,14 +43,11 @@ def with_article(name: str) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def caption(scene: Scene, nearer_first: bool = False) -> str:
-    """'a red cube on the left at the back, a blue ball in the middle at the front and ...'
-
-    Objects are named left to right, or nearest first (larger base y) with `nearer_first`.
-    """
+def caption(scene: Scene) -> str:
+    """'a red cube on the left at the back, a blue ball in the middle at the front and ...', left to right."""
     if not scene.objects:
         return "the table is empty."
-    order = sorted(scene.objects, key=(lambda o: -o.y) if nearer_first else (lambda o: o.cx))
+    order = sorted(scene.objects, key=lambda o: o.cx)
     parts = [f"{with_article(o.name)} {place(o, scene.width, scene.height)}" for o in order]
     if len(parts) == 1:
         return parts[0] + "."
@@ -73,18 +67,12 @@ def _left_of(scene: Scene, target: SceneObject) -> str | None:
     return f"the {left[0].name}"
 
 
-def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train",
-                  near_far_margin: float = MARGIN_Y) -> list[dict]:
+def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train") -> list[dict]:
     """Every well-posed question about the scene, each {'question', 'answer', 'type'}; a
     nearer/farther question also says whether the caption's words answer it (`in_caption`: the
     two objects' depth words differ) — every other question is answered by the caption, whose
     left-to-right order settles left/right and "directly left of".
-
-    `near_far_margin` (pixels of a 640x480 frame; training only) asks nearer/farther only of
-    pairs whose base points are at least that far apart in height; below MARGIN_Y a pair is never
-    asked, whatever the value.
     """
-    margin_y = max(MARGIN_Y, near_far_margin)
     objs = scene.objects
     present = {(o.color, o.kind) for o in objs}
     qa: list[dict] = []
@@ -123,7 +111,7 @@ def all_questions(scene: Scene, rng: np.random.Generator, split: str = "train",
                 continue
             if abs(a.cx - b.cx) > MARGIN_X:
                 add(f"is the {a.name} left or right of the {b.name}?", "left" if a.cx < b.cx else "right", "left_right")
-            if abs(a.y - b.y) > margin_y:
+            if abs(a.y - b.y) > MARGIN_Y:
                 add(f"is the {a.name} nearer or farther than the {b.name}?", "nearer" if a.y > b.y else "farther",
                     "near_far")
                 # the caption's words answer it only when the two depth words differ
@@ -144,14 +132,13 @@ def check_type_weights(weights: dict | None) -> None:
 
 
 def sample_questions(scene: Scene, rng: np.random.Generator, split: str = "train", k: int = 8,
-                     type_weights: dict[str, float] | None = None, near_far_margin: float = MARGIN_Y) -> list[dict]:
+                     type_weights: dict[str, float] | None = None) -> list[dict]:
     """Up to k questions, spread over the question types (round-robin over shuffled types).
 
     With `type_weights` (training only), each question's type is drawn in proportion to its
     weight (1 for a type not named) among the types that still have questions left.
-    `near_far_margin` as in `all_questions`.
     """
-    pool = all_questions(scene, rng, split, near_far_margin)
+    pool = all_questions(scene, rng, split)
     if split == "heldout":  # keep the questions about held-out objects first
         def involves_heldout(q: dict) -> bool:
             text = q["question"] + " " + q["answer"]

@@ -111,7 +111,7 @@ def test_eval_prints_metrics(scenes_dir, tiny_checkpoint, capsys):
     assert main(["eval", "--data", str(scenes_dir), "--model", tiny_checkpoint]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["images"] == 3 and 0 <= metrics["exact_match"] <= 1
-    assert set(metrics["caption"]) == {"precision", "recall", "f1"}
+    assert set(metrics["caption"]) == {"precision", "recall", "f1", "place_accuracy", "places_compared"}
 
 
 @pytest.mark.parametrize("argv, message", [

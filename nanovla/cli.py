@@ -22,6 +22,7 @@ import time
 import typing
 
 from .cli_common import CLIError, load_runtime_from_args
+from .train_config import TrainConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -241,7 +242,7 @@ def cmd_eval(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import ModelConfig
-    from .train import TrainConfig, train
+    from .train import train
 
     if args.recipe:
         from .recipe import run_recipe
@@ -371,12 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="run a training stage or a recipe")
     t.add_argument("--recipe", help="a recipe .toml running several stages")
     t.add_argument("--only", help="with --recipe: run only this stage name")
-    try:  # training needs torch; a robot with only a bundle and onnxruntime has none
-        from .train import TrainConfig
-
-        add_dataclass_args(t, TrainConfig)
-    except ImportError:
-        pass
+    add_dataclass_args(t, TrainConfig)  # torch-free: the flags exist even where training cannot run
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("serve", help="HTTP server: OpenAI-compatible chat API and a web page at /")

@@ -12,7 +12,8 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nanovla")
 TORCH = ("torch", "torchvision", "ultralytics", "safetensors.torch")
 # modules a bundle-only install runs (describe / ask / eval / data generate / the ROS describer)
-TORCH_FREE = ["cli.py", "cli_hf.py", "evaluate.py", "evaluate_formats.py", "paths.py", "preprocess.py", "tokenizer.py",
+TORCH_FREE = ["cli.py", "cli_common.py", "cli_hf.py", "train_config.py", "serve", "evaluate.py", "evaluate_formats.py",
+              "paths.py", "preprocess.py", "tokenizer.py",
               "data", "runtime"]
 TORCH_ALLOWED = {"runtime/torch_backend.py"}
 
@@ -69,3 +70,16 @@ def test_bundle_paths_import_no_torch_at_module_level(relpath):
            if any(m == t or m.startswith(t + ".") for t in TORCH)
            or m in ("nanovla.checkpoint", "nanovla.engine", "nanovla.vlm", "nanovla.train")]
     assert not bad, f"nanovla/{relpath} imports PyTorch (or a torch module) at module level: {bad}"
+
+
+def test_the_cli_parser_leaves_torch_unimported():
+    """`nanovla describe` / `serve` with torch installed still load no torch (its `train` flags come
+    from the torch-free TrainConfig): a bundle-only server stays small."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nanovla.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'ultralytics', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+

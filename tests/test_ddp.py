@@ -53,8 +53,7 @@ def _run(tmp_path, name, config, processes=1, crash_at=None):
     return json.loads(losses.read_text())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])  # two gloo processes: ~15 s each, so CI runs them
 def test_two_processes_match_one_on_the_same_global_batch(tmp_path, tiny_checkpoint, sources, mode):
     single = _run(tmp_path, "single", _config(tiny_checkpoint, sources, str(tmp_path / "one"), batch_size=8))
     multi = _run(tmp_path, mode, _config(tiny_checkpoint, sources, str(tmp_path / "two"), batch_size=4,
@@ -109,7 +108,6 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_checkpoint, sources, monkeypa
     assert not (tmp_path / "killed.resume").exists()
 
 
-@pytest.mark.slow
 def test_fsdp_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, tiny_checkpoint, sources):
     """Rank 0 writes gathered weights + optimizer moments + data position; both ranks scatter them
     back on resume."""

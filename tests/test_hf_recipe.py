@@ -63,7 +63,7 @@ def test_gpu_recipe_smoke_runs_on_cpu(tmp_path, monkeypatch, capsys):
     assert config["model"]["vision"]["kind"] == "siglip" and config["model"]["projector"]["grid"] == [7, 7]
     metrics = json.loads((final / "metrics.json").read_text())
     assert metrics["stage"] == "sft" and metrics["train_config"]["grad_accum"] == 2
-    assert metrics["data"]["skipped_images"] >= 0
+    assert metrics["data"]["skipped_images"] > 0  # the fixtures hold a corrupt and a missing image per source: counted, never fatal
     capsys.readouterr()
     out = str(tmp_path / "metrics.json")
     assert main(["eval", "--data", str(data / "vqav2" / "v2_OpenEnded_mscoco_train2014_questions.json"),

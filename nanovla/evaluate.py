@@ -41,7 +41,9 @@ def f1(tp: int, n_pred: int, n_gold: int) -> dict:
 
 def evaluate(runtime, rows: Iterable[dict], max_questions: int | None = None, log=None,
              max_new_tokens: int = 64) -> dict:
-    """rows: {'image': RGB uint8 array, 'objects': [...], 'qa': [{'question','answer','type'}]}."""
+    """rows: {'image': RGB uint8 array, 'objects': [...], 'qa': [{'question','answer','type'}]} and,
+    optionally, 'caption': the scene graph's caption, whose place words caption place accuracy
+    compares with the model's."""
     tp = n_pred = n_gold = 0
     places_agree = places_compared = 0
     correct, total = Counter(), Counter()

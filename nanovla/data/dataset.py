@@ -157,7 +157,7 @@ def text_example(scene: Scene, rng: np.random.Generator, split: str, all_pairs: 
     if all_pairs:
         scene = renamed(scene, rng)
     # only a question the caption's words answer: a nearer/farther question about two objects that
-    # share a depth word ("at the back") has no answer in the text, and training on it taught a guess
+    # share a depth word ("at the back") has no answer in the text, and a turn asking it rewards a guess
     qs = [q for q in sample_questions(scene, rng, split, k=len(QA_TYPES)) if q.get("in_caption", True)][:1]
     if not qs:
         return caption_example(scene)

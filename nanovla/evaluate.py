@@ -86,12 +86,13 @@ def evaluate(runtime, rows: Iterable[dict], max_questions: int | None = None, lo
     }
 
 
-def generated_rows(split: str, seed: int, count: int, questions: int = 8):
-    """Eval rows straight from the generator (same scenes as `nanovla data generate`)."""
+def generated_rows(split: str, seed: int, count: int, questions: int = 8, start: int = 0):
+    """Eval rows straight from the generator (same scenes as `nanovla data generate`): scenes
+    start .. start + count - 1."""
     from .data.language import caption, sample_questions
     from .data.scenes import generate, scene_seed
 
-    for i in range(count):
+    for i in range(start, start + count):
         image, scene = generate(split, seed, i)
         rng = np.random.default_rng(scene_seed(split, seed, i) ^ 0x5EED)
         yield {"image": image, "objects": [o.to_json() for o in scene.objects], "caption": caption(scene),

@@ -13,13 +13,12 @@ Probes: multinomial logistic regression (L2, L-BFGS) for classes, ridge regressi
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import torch
 
-from .data.language import MARGIN_X, MARGIN_Y, sample_questions
-from .data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, generate, scene_seed
+from .data.language import MARGIN_X, MARGIN_Y
+from .data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, generate
+from .evaluate import evaluate, generated_rows
 from .preprocess import resize_uint8
 
 # (row label, how the probe is scored, the question type whose answers need it; "" for none)
@@ -124,22 +123,6 @@ def logistic_accuracy(x_train, y_train, x_test, y_test, l2: float = 1e-3, iters:
     return float((pred == y_test).mean())
 
 
-def answer_accuracy(runtime, split: str, seed: int, indices, questions: int = 8) -> tuple[dict, dict]:
-    """The model's exact match per question type (greedy) on the given scenes, and the counts."""
-    from .data.language import normalize_answer
-
-    correct, total = Counter(), Counter()
-    for i in indices:
-        image, scene = generate(split, seed, int(i))
-        rng = np.random.default_rng(scene_seed(split, seed, int(i)) ^ 0x5EED)  # as `nanovla data generate`
-        context = runtime.encode(image)
-        for q in sample_questions(scene, rng, split, k=questions):
-            answer = runtime.generate(context, q["question"], max_new_tokens=8).text
-            correct[q["type"]] += normalize_answer(answer) == normalize_answer(q["answer"])
-            total[q["type"]] += 1
-    return {t: correct[t] / total[t] for t in total}, dict(total)
-
-
 def probe(model, tokenizer, scenes: int = 400, split: str = "eval", seed: int = 2024,
           train_fraction: float = 0.7, answers: bool = True, log=None) -> dict:
     """Probe scores on the held-out scenes and (with `answers`) the model's exact match there."""
@@ -166,9 +149,9 @@ def probe(model, tokenizer, scenes: int = 400, split: str = "eval", seed: int = 
         out[f"{label}_pairs"] = int(keep.sum())
     if log:
         log(f"probe: {len(ob['scene'])} objects, fitted on {cut} scenes, scored on {scenes - cut}")
-    if answers:
-        runtime = TorchRuntime.from_model(model, tokenizer)
-        out["answers"], out["questions"] = answer_accuracy(runtime, split, seed, range(cut, scenes))
+    if answers:  # greedy, on the scenes the probes were scored on
+        scored = evaluate(TorchRuntime.from_model(model, tokenizer), generated_rows(split, seed, scenes - cut, start=cut))
+        out["answers"], out["questions"] = scored["exact_match_by_type"], scored["questions_by_type"]
     return out
 
 

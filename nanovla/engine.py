@@ -4,43 +4,24 @@ max new tokens, and a streaming callback.
 An image is encoded once into an `ImageContext`: its image tokens *and* the decoder's KV cache of
 the shared prefix `<|bos|><|user_start|><|image|>*N`. Every question about that image starts
 from the cached prefix, so only the question's own tokens are prefilled.
+
+Tokens are drawn by the runtime's one sampler (nanovla.runtime.sampling, numpy), as on every
+backend; `SamplingConfig` and `StreamCallback` live in the runtime and are importable from here.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .gpt import KVCache
-from .runtime.base import decode_loop
+from .runtime.base import StreamCallback, decode_loop
+from .runtime.sampling import Sampler, SamplingConfig
 from .tokenizer import Tokenizer, check_question
 from .vlm import VisionLanguageModel
-
-# on_token(token_id, text_so_far) -> False to stop (e.g. a cancelled ROS action)
-StreamCallback = Callable[[int, str], "bool | None"]
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 64  # hard cap on generated tokens
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    seed: int | None = None  # sampling seed (None = nondeterministic)
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass
@@ -50,26 +31,6 @@ class ImageContext:
     prefix_len: int
     encode_ms: float = 0.0
     meta: dict = field(default_factory=dict)  # e.g. the ROS header of the frame
-
-
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> int:
-    """logits (V,) -> token id."""
-    if cfg.temperature == 0:
-        return int(torch.argmax(logits))
-    logits = logits.float() / cfg.temperature
-    if cfg.top_k > 0:
-        k = min(cfg.top_k, logits.shape[-1])
-        kth = torch.topk(logits, k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if cfg.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        cumulative = torch.cumsum(sorted_probs, dim=-1)
-        drop = cumulative - sorted_probs > cfg.top_p  # keep the smallest set reaching top_p
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        probs = probs / probs.sum()
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 class Engine:
@@ -96,16 +57,13 @@ class Engine:
     def generate_ids(self, context: ImageContext | None, prompt_ids: list[int], sampling: SamplingConfig,
                      on_token: StreamCallback | None = None) -> list[int]:
         """Continue from the context's cached prefix (or from nothing) with prompt_ids."""
-        sampling.validate()
+        sampler = Sampler(sampling)  # validates
         if context is None:
             cache, start = None, 0
         else:
             cache, start = context.cache, context.prefix_len  # never mutated: cat() makes new tensors
         if start + len(prompt_ids) + 1 > self.max_len:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {self.max_len}")
-        generator = None
-        if sampling.seed is not None:
-            generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
         ids = torch.tensor([prompt_ids], device=self.device)
         logits, cache = self.model.prefill(ids, None, past=cache, start_pos=start)
         pos = start + len(prompt_ids)
@@ -116,7 +74,7 @@ class Engine:
                                                         past=state["cache"], start_pos=pos + i)
             return logits
 
-        return decode_loop(logits, step, lambda lg: sample_next(lg[0].cpu(), sampling, generator), self.stop_ids,
+        return decode_loop(logits, step, lambda lg: sampler(lg[0].float().cpu().numpy()), self.stop_ids,
                            min(sampling.max_new_tokens, self.max_len - pos), on_token, self.tokenizer.decode)
 
     def ask(self, context: ImageContext, question: str, sampling: SamplingConfig | None = None,

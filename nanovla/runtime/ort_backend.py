@@ -26,6 +26,7 @@ from .bundle import BundleError, check_io, is_bundle, ort_io, read_bundle
 from ..preprocess import preprocess
 from ..tokenizer import Tokenizer
 from .base import Runtime, RuntimeError_, decode_loop
+from .sampling import Sampler, SamplingConfig
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -38,27 +39,6 @@ class OrtImageContext:
     encode_ms: float = 0.0  # vision (+ prefix prefill when done at encode)
     vision_ms: float = 0.0  # vision graph alone
     meta: dict = field(default_factory=dict)
-
-
-def _softmax_sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:
-    """Same rules as engine.sample_next (its own RNG stream: seeds are per backend)."""
-    if temperature == 0:
-        return int(np.argmax(logits))
-    logits = logits.astype(np.float64) / temperature
-    if top_k > 0:
-        kth = np.sort(logits)[-min(top_k, logits.shape[-1])]
-        logits = np.where(logits < kth, -np.inf, logits)
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    if top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        sorted_probs = probs[order]
-        drop = np.cumsum(sorted_probs) - sorted_probs > top_p
-        sorted_probs[drop] = 0
-        probs = np.zeros_like(probs)
-        probs[order] = sorted_probs
-        probs /= probs.sum()
-    return int(rng.choice(probs.shape[0], p=probs))
 
 
 class OnnxRuntime(Runtime):
@@ -154,15 +134,13 @@ class OnnxRuntime(Runtime):
 
     # ------------------------------------------------------------------ generate
     def _generate(self, context, question, max_new_tokens, temperature, top_k, top_p, seed, on_token):
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        sampler = Sampler(SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed))  # validates
         prompt = self.tokenizer.question_suffix(question)
         start = context.prefix_len
         if start + len(prompt) + 1 > self.max_len:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.max_len}")
         budget = min(max_new_tokens, self.max_len - start - len(prompt))
         capacity = start + len(prompt) + budget
-        rng = np.random.default_rng(seed)
         session = self.sessions["decode"]
         # the preallocated cache; zeros, because masked positions still meet 0 * value in the graph
         buffers = [np.zeros((1, self.n_kv_head, capacity, self.head_dim), dtype=self.kv_dtype)
@@ -209,7 +187,7 @@ class OnnxRuntime(Runtime):
             logits = first_logits
         pos = start + len(prompt)
         return decode_loop(logits, lambda token, i: step(token, pos + i),
-                           lambda lg: _softmax_sample(lg, temperature, top_k, top_p, rng), self.stop_ids, budget,
+                           sampler, self.stop_ids, budget,
                            on_token, self.tokenizer.decode)
 
     def decode(self, ids):

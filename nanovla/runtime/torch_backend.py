@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..engine import Engine, ImageContext, SamplingConfig
+from ..engine import Engine, ImageContext
 from ..preprocess import preprocess
 from .base import Runtime, RuntimeError_
+from .sampling import SamplingConfig
 
 
 class TorchRuntime(Runtime):

@@ -24,7 +24,7 @@ from .bundle import BundleError, read_bundle
 from ..preprocess import preprocess
 from ..tokenizer import Tokenizer
 from .base import Runtime, RuntimeError_, decode_loop
-from .ort_backend import _softmax_sample
+from .sampling import Sampler, SamplingConfig
 
 
 def _load_cuda():
@@ -195,19 +195,19 @@ class TensorRTRuntime(Runtime):
         return self._logits()
 
     def _generate(self, context, question, max_new_tokens, temperature, top_k, top_p, seed, on_token):
+        sampler = Sampler(SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed))  # validates
         prompt = self.tokenizer.question_suffix(question)
         start = context.prefix_len
         if start + len(prompt) + 1 > self.max_len:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.max_len}")
         for dst, src in zip(self.past, context.cache):
             self._copy_positions(dst, self.max_len, 0, src, start, start)
-        rng = np.random.default_rng(seed)
         for pos, token in enumerate(prompt, start):  # the question, one token at a time
             logits = self._step([token], pos)
         pos = start + len(prompt)
         budget = min(max_new_tokens, self.max_len - pos)
         return decode_loop(logits, lambda token, i: self._step([token], pos + i),
-                           lambda lg: _softmax_sample(lg, temperature, top_k, top_p, rng), self.stop_ids, budget,
+                           sampler, self.stop_ids, budget,
                            on_token, self.tokenizer.decode)
 
     def decode(self, ids):

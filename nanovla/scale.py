@@ -10,22 +10,19 @@ from gathered state and every rank scatters them back on resume.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import torch
 
 from .config import ModelConfig
+from .train_config import TrainConfig
 from .vlm import VisionLanguageModel
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
                "4090": 165.0, "3090": 71.0}  # dense bf16 tensor-core peaks (SXM where there are two)
 
 
-def peak_flops(cfg: "TrainConfig", device: torch.device) -> float:
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float:
     if cfg.peak_tflops:
         return cfg.peak_tflops * 1e12
     if device.type == "cuda":
@@ -78,7 +75,7 @@ class FlopsModel:
                 + self.image_flops * images * (3.0 if self.vision_trains else 1.0))
 
 
-def wrap_distributed(model: VisionLanguageModel, cfg: "TrainConfig", world: int, device: torch.device):
+def wrap_distributed(model: VisionLanguageModel, cfg: TrainConfig, world: int, device: torch.device):
     """DDP (default) or FSDP2 (`fsdp`): each decoder block is its own shard unit, the rest the root."""
     if world == 1:
         return model
@@ -97,7 +94,7 @@ def wrap_distributed(model: VisionLanguageModel, cfg: "TrainConfig", world: int,
         model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
 
-def full_state(model: VisionLanguageModel, cfg: "TrainConfig", world: int) -> dict[str, torch.Tensor] | None:
+def full_state(model: VisionLanguageModel, cfg: TrainConfig, world: int) -> dict[str, torch.Tensor] | None:
     """Under FSDP: the full (unsharded) weights on CPU; a collective, every rank must call it."""
     if not (cfg.fsdp and world > 1):
         return None
@@ -106,7 +103,7 @@ def full_state(model: VisionLanguageModel, cfg: "TrainConfig", world: int) -> di
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def full_optimizer_tensors(model, opt, cfg: "TrainConfig", world: int) -> dict[str, torch.Tensor] | None:
+def full_optimizer_tensors(model, opt, cfg: TrainConfig, world: int) -> dict[str, torch.Tensor] | None:
     if not (cfg.fsdp and world > 1):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict

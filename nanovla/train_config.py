@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 
 from .data.language import check_type_weights
 
-STAGES = ("vision", "text", "align", "sft", "linearize")
+STAGES = ("vision", "text", "align", "sft", "linearize", "rl")
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "sft"  # vision | text | align | sft | linearize
+    stage: str = "sft"  # vision | text | align | sft | linearize | rl
     init: str = ""  # checkpoint to start from; "" builds a fresh model and tokenizer (vision/text stage)
     out: str = "runs/model"  # checkpoint directory written at the end (and at every save)
     steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # rows per step per process
+    batch_size: int = 32  # rows per step per process (stage rl: prompts per step per process)
     lr: float = 1e-3  # peak learning rate (projector / decoder)
     vision_lr: float = 5e-4  # peak learning rate of the vision encoder when it trains
     warmup_steps: int = 50
@@ -64,6 +64,13 @@ class TrainConfig:
     fsdp: bool = False  # with several processes: shard parameters, gradients and optimizer state (FSDP2)
     activation_checkpointing: bool = False  # recompute decoder blocks in backward (less memory)
     compile: bool = False  # torch.compile each decoder block
+    # ---- stage rl (GRPO, nanovla.rl)
+    rl_group: int = 8  # completions sampled per prompt (the group their advantages are relative to)
+    rl_temperature: float = 1.0  # sampling temperature of the rollouts
+    rl_max_new_tokens: int = 64  # cap on a rollout's tokens
+    rl_clip: float = 0.2  # policy ratio clipped to 1 +- rl_clip
+    rl_kl: float = 0.04  # weight of the per-token k3 KL to the `init` model
+    rl_epochs: int = 1  # optimizer steps per batch of rollouts
     peak_tflops: float = 0.0  # per-device peak for MFU (0 = known GPUs' bf16 dense peak; unknown on CPU)
 
     def validate(self) -> None:
@@ -71,11 +78,20 @@ class TrainConfig:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
-        if self.stage in ("align", "sft", "linearize") and not self.init:
+        if self.stage in ("align", "sft", "linearize", "rl") and not self.init:
             raise ValueError(f"stage {self.stage!r} needs --init CHECKPOINT (the previous stage's output)")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
         check_type_weights(self.qa_type_weights)
+        if self.stage == "rl":
+            if self.rl_group < 2:
+                raise ValueError(f"rl_group must be >= 2 (advantages are relative to the group), got {self.rl_group}")
+            if self.rl_temperature <= 0 or self.rl_max_new_tokens < 1 or self.rl_epochs < 1:
+                raise ValueError("rl_temperature must be > 0 and rl_max_new_tokens, rl_epochs >= 1")
+            if not 0 < self.rl_clip < 1 or self.rl_kl < 0:
+                raise ValueError(f"rl_clip must be in (0, 1) and rl_kl >= 0, got {self.rl_clip}, {self.rl_kl}")
+            if self.caption_share + self.qa_share <= 0:
+                raise ValueError("stage rl draws captions and questions: caption_share + qa_share must be > 0")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
         for i, source in enumerate(self.sources):

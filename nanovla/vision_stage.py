@@ -32,7 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, Scene
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import atomic_directory_write, load_checkpoint, save_checkpoint
+from .data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, Scene, generate
+from .preprocess import resize_uint8
+from .train_common import Progress, adam_state_tensors, load_adam_state_tensors, lr_factor
 
 NONE_WEIGHT = 0.2  # most cells are empty table: down-weight the "no object" class
 
@@ -111,8 +116,6 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_dense(model, heads: SceneHeads, split: str, seed: int, count: int, device, batch: int = 32) -> dict:
     """Accuracies of the heads on `count` freshly generated scenes of `split` (never trained on)."""
-    from .data.scenes import generate
-    from .preprocess import resize_uint8
 
     v = model.cfg.vision
     model.vision.eval()
@@ -156,11 +159,6 @@ def recalibrate_batchnorm(model, data, rng: np.random.Generator, device, batches
 
 def train_vision_stage(cfg, model, tokenizer, data, device, log) -> dict:
     """Train the encoder with the dense heads; returns the stage's metrics (written by the caller)."""
-    from safetensors.torch import load_file, save_file
-
-    from .checkpoint import atomic_directory_write, load_checkpoint, save_checkpoint
-    from .train import Progress, adam_state_tensors, load_adam_state_tensors, lr_factor
-
     if data is None:
         raise ValueError("stage vision needs tabletop scenes with boxes (no `sources` data sets)")
     model.to(device)

@@ -61,6 +61,18 @@ class VisionLanguageModel(nn.Module):
         pooled: torch.Tensor | None = None,  # or their `pooled_features`, computed once (frozen encoder)
     ) -> torch.Tensor:
         """Mean next-token cross-entropy over assistant tokens only."""
+        logits, targets = self.supervised_logits(ids, loss_mask, pixels, pooled)
+        return F.cross_entropy(logits.float(), targets)
+
+    def token_logprobs(self, ids: torch.Tensor, loss_mask: torch.Tensor, pixels: torch.Tensor | None = None,
+                       pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """log p of every supervised token, (N,) in row-major order (the RL stage's policy ratio)."""
+        logits, targets = self.supervised_logits(ids, loss_mask, pixels, pooled)
+        return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+
+    def supervised_logits(self, ids: torch.Tensor, loss_mask: torch.Tensor, pixels: torch.Tensor | None,
+                          pooled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits predicting each supervised token (N, V), those tokens (N,)), row-major."""
         if pooled is not None:
             image_embeds = self.projector.from_pooled(pooled)
         else:
@@ -74,10 +86,9 @@ class VisionLanguageModel(nn.Module):
         # predict token t+1 from position t; only positions whose target is supervised
         targets = ids[:, 1:]
         supervised = loss_mask[:, 1:].bool()
-        B, T = ids.shape
         flat = torch.nonzero(F.pad(supervised, (0, 1)).reshape(-1)).squeeze(1)
         logits, _ = self.decoder(x, hidden_positions=flat)
-        return F.cross_entropy(logits.float(), targets[supervised])
+        return logits, targets[supervised]
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, image_embeds: torch.Tensor | None, past: KVCache | None = None,

@@ -19,9 +19,9 @@ def main() -> None:
     losses = []
     original = train_module.Progress.update
 
-    def record(self, step, loss, tokens, flops=0.0, peak_flops=0.0):
+    def record(self, step, loss, tokens, flops=0.0, peak_flops=0.0, **kw):
         losses.append(loss)
-        return original(self, step, loss, tokens, flops, peak_flops)
+        return original(self, step, loss, tokens, flops, peak_flops, **kw)
 
     train_module.Progress.update = record
     if spec.get("crash_at") is not None:  # a killed run: every rank stops at the same step
@@ -33,6 +33,10 @@ def main() -> None:
             return original_lr(step, cfg)
 
         train_module.lr_factor = crash
+    if spec.get("toy_reward"):  # stage rl: a reward a random tiny model can earn (1 for a reply starting a-m)
+        import nanovla.rl
+
+        nanovla.rl.reward = lambda prompt, text, finished: float(bool(text) and "a" <= text[0].lower() <= "m")
     train_module.train(train_module.TrainConfig(**spec["config"]))
     if int(os.environ.get("RANK", "0")) == 0:
         with open(spec["losses"], "w") as f:

@@ -35,10 +35,11 @@ def _config(tiny_checkpoint, sources, out, **overrides):
     return config
 
 
-def _run(tmp_path, name, config, processes=1, crash_at=None):
+def _run(tmp_path, name, config, processes=1, crash_at=None, toy_reward=False):
     spec = tmp_path / f"{name}.json"
     losses = tmp_path / f"{name}.losses.json"
-    spec.write_text(json.dumps({"config": config, "losses": str(losses), "crash_at": crash_at}))
+    spec.write_text(json.dumps({"config": config, "losses": str(losses), "crash_at": crash_at,
+                                "toy_reward": toy_reward}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(HERE)}
     if processes == 1:
         cmd = [sys.executable, os.path.join(HERE, "ddp_worker.py"), str(spec)]
@@ -124,3 +125,22 @@ def test_fsdp_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, tiny_
     b, _, _ = load_checkpoint(str(tmp_path / "resumed"))
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_rl_stage_runs_in_two_processes(tmp_path, tiny_checkpoint):
+    """Stage rl under torchrun: each rank samples its own groups, the gradients are averaged, rank 0
+    writes the checkpoint with the curves of both ranks' rewards."""
+    from data_helpers import generate_scene_dir
+    from nanovla.checkpoint import load_checkpoint
+
+    scenes = generate_scene_dir(str(tmp_path / "scenes"), count=6, seed=5)
+    config = _config(tiny_checkpoint, [], str(tmp_path / "rl"), stage="rl", data=scenes, steps=3, batch_size=2,
+                     rl_group=4, rl_max_new_tokens=2, lr=1e-2, warmup_steps=0, cache_dir=str(tmp_path / "cache"))
+    config.pop("sources")
+    losses = _run(tmp_path, "rl", config, processes=2, toy_reward=True)
+    assert len(losses) == 3
+    metrics = json.loads((tmp_path / "rl" / "metrics.json").read_text())
+    assert metrics["rl"]["steps"] == [1, 2, 3] and max(metrics["rl"]["informative_groups"]) > 0
+    trained, _, _ = load_checkpoint(str(tmp_path / "rl"))
+    start, _, _ = load_checkpoint(tiny_checkpoint)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), start.parameters()))

@@ -85,20 +85,22 @@ def test_killed_vision_stage_resumes_exactly(tmp_path, scene_dir, monkeypatch):
     torch.manual_seed(0)
     train_module.train(_config(scene_dir, str(tmp_path / "straight"), steps=5, save_every=2), tiny_model_config(),
                        log=lambda m: None)
-    original = train_module.lr_factor
+    import nanovla.vision_stage as vision_module
+
+    original = vision_module.lr_factor
 
     def crash(step, cfg):
         if step == 3:
             raise KeyboardInterrupt("killed")
         return original(step, cfg)
 
-    monkeypatch.setattr(train_module, "lr_factor", crash)
+    monkeypatch.setattr(vision_module, "lr_factor", crash)
     torch.manual_seed(0)
     cfg = _config(scene_dir, str(tmp_path / "killed"), steps=5, save_every=2)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(cfg, tiny_model_config(), log=lambda m: None)
     assert (tmp_path / "killed.resume" / "heads.safetensors").is_file()
-    monkeypatch.setattr(train_module, "lr_factor", original)
+    monkeypatch.setattr(vision_module, "lr_factor", original)
     torch.manual_seed(0)
     train_module.train(cfg, tiny_model_config(), log=lambda m: None)
     a, _, _ = load_checkpoint(str(tmp_path / "straight"))

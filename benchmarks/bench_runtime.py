@@ -141,7 +141,7 @@ def _weight_bytes_per_step(decode_graph: str) -> int:
 
 
 def run_worker(args) -> dict:
-    from nanovla.data.language import DESCRIBE_PROMPT
+    from nanovla.runtime.prompts import DESCRIBE_PROMPT
     from nanovla.data.scenes import generate
     from nanovla.evaluate import evaluate, generated_rows
     from nanovla.preprocess import preprocess

@@ -13,7 +13,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .data.language import DESCRIBE_PROMPT, caption_mentions, caption_places, normalize_answer
+from .data.language import caption_mentions, caption_places, normalize_answer
+from .runtime.prompts import DESCRIBE_PROMPT
 
 
 def caption_counts(predicted: str, objects: list[dict]) -> tuple[int, int, int]:

@@ -20,8 +20,8 @@ from collections import Counter
 import numpy as np
 
 from .data.formats import Source, record_image
-from .data.language import DESCRIBE_PROMPT
 from .preprocess import ImageError
+from .runtime.prompts import DESCRIBE_PROMPT
 
 # ----------------------------------------------------------------------------- VQAv2 normalisation
 # from the official VQA evaluation (vqaEval.py): the same tables, so scores compare with published ones

@@ -10,6 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
+from nanovla.runtime.prompts import DESCRIBE_PROMPT
+
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
@@ -104,7 +106,7 @@ def test_cached_onnx_decode_gives_pytorch_tokens(checkpoint, fp32_bundle):
     for i in range(4):
         image = generate("eval", 5, i)[0]
         a_ctx, b_ctx = reference.encode(image), mine.encode(image)
-        for question in ("describe the scene.", "how many cubes are there?"):
+        for question in (DESCRIBE_PROMPT, "how many cubes are there?"):
             a = reference.generate(a_ctx, question, max_new_tokens=12).token_ids
             b = mine.generate(b_ctx, question, max_new_tokens=12).token_ids
             assert a == b, (i, question)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from nanovla.runtime.prompts import DESCRIBE_PROMPT
 from data_helpers import make_coco, make_gqa, make_hf, make_llava, make_vqa
 
 pytest.importorskip("pyarrow")
@@ -47,7 +48,7 @@ def test_caption_object_recall_precision(monkeypatch):
 
     import nanovla.evaluate_formats as ef
 
-    records = [Record([{"role": "user", "content": "describe the scene."}, {"role": "assistant", "content": "x"}],
+    records = [Record([{"role": "user", "content": DESCRIBE_PROMPT}, {"role": "assistant", "content": "x"}],
                       image=b"png", answers=["x"], objects=["red cube", "blue ball", "white ring"])]
     source = Source("mem", "hf", records + [Record(records[0].turns, image=b"png2", objects=["green cup"])])
     monkeypatch.setattr(ef, "record_image", lambda r: np.zeros((8, 8, 3), np.uint8))

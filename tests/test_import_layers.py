@@ -62,6 +62,29 @@ def test_runtime_never_imports_the_exporter(relpath):
     assert not bad, f"nanovla/{relpath} imports the exporter ({bad}); the runtime must not (export imports runtime)"
 
 
+@pytest.mark.parametrize("relpath", modules("runtime"))
+def test_runtime_never_imports_the_data_package(relpath):
+    bad = [(line, m) for line, m in imports(relpath, top_level_only=False)
+           if m == "nanovla.data" or m.startswith("nanovla.data.")]
+    assert not bad, f"nanovla/{relpath} imports nanovla.data ({bad}); data imports the runtime, not the reverse"
+
+
+def test_the_describe_prompt_has_one_home():
+    """Its text is written once (nanovla/runtime/prompts.py); everything else imports DESCRIBE_PROMPT."""
+    from nanovla.runtime.prompts import DESCRIBE_PROMPT
+
+    ros = os.path.join(os.path.dirname(PACKAGE), "ros2_ws", "src")
+    found = []
+    for top in (PACKAGE, ros):
+        for root, _, files in os.walk(top):
+            for name in files:
+                if name.endswith(".py"):
+                    with open(os.path.join(root, name)) as f:
+                        if DESCRIBE_PROMPT in f.read():
+                            found.append(os.path.relpath(os.path.join(root, name), os.path.dirname(PACKAGE)))
+    assert found == [os.path.join("nanovla", "runtime", "prompts.py")], found
+
+
 @pytest.mark.parametrize("relpath", modules(*TORCH_FREE))
 def test_bundle_paths_import_no_torch_at_module_level(relpath):
     if relpath in TORCH_ALLOWED:

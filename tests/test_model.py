@@ -4,6 +4,7 @@ import torch
 
 from tiny_models import build_tiny_model, tiny_model_config
 from nanovla.engine import Engine, SamplingConfig
+from nanovla.runtime.prompts import DESCRIBE_PROMPT
 from nanovla.vlm import VisionLanguageModel
 
 
@@ -107,7 +108,7 @@ def test_sampling_is_seeded_and_temperature_zero_is_greedy():
     sharpen(model)
     engine = Engine(model, tok)
     ctx = engine.encode(torch.rand(1, 3, 64, 96))
-    q = tok.question_suffix("describe the scene.")
+    q = tok.question_suffix(DESCRIBE_PROMPT)
     s = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9, seed=7)
     assert engine.generate_ids(ctx, q, s) == engine.generate_ids(ctx, q, s)
     greedy = SamplingConfig(max_new_tokens=10)
@@ -122,10 +123,10 @@ def test_streaming_callback_sees_every_token_and_can_stop():
     engine = Engine(model, tok)
     ctx = engine.encode(torch.rand(1, 3, 64, 96))
     seen = []
-    ids = engine.generate_ids(ctx, tok.question_suffix("describe the scene."), SamplingConfig(max_new_tokens=8),
+    ids = engine.generate_ids(ctx, tok.question_suffix(DESCRIBE_PROMPT), SamplingConfig(max_new_tokens=8),
                               on_token=lambda t, text: seen.append(t))
     assert seen == ids
-    stopped = engine.generate_ids(ctx, tok.question_suffix("describe the scene."), SamplingConfig(max_new_tokens=8),
+    stopped = engine.generate_ids(ctx, tok.question_suffix(DESCRIBE_PROMPT), SamplingConfig(max_new_tokens=8),
                                   on_token=lambda t, text: len(text) < 1 and None or False)
     assert len(stopped) == 1
 

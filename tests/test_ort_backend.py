@@ -12,6 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from nanovla.runtime.prompts import DESCRIBE_PROMPT
+
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
@@ -70,12 +72,12 @@ def test_streaming_and_stop(runtime):
     image = np.full((60, 80, 3), 120, np.uint8)
     context = runtime.encode(image)
     seen = []
-    full = runtime.generate(context, "describe the scene.", max_new_tokens=10, on_token=lambda t, s: seen.append(t))
+    full = runtime.generate(context, DESCRIBE_PROMPT, max_new_tokens=10, on_token=lambda t, s: seen.append(t))
     assert seen == full.token_ids and len(seen) == 10
-    stopped = runtime.generate(context, "describe the scene.", max_new_tokens=10,
+    stopped = runtime.generate(context, DESCRIBE_PROMPT, max_new_tokens=10,
                                on_token=lambda t, s: len(s) < 1)  # stop after the first token
     assert stopped.stopped and stopped.token_ids == full.token_ids[:1]
-    again = runtime.generate(context, "describe the scene.", max_new_tokens=10)  # context is not consumed
+    again = runtime.generate(context, DESCRIBE_PROMPT, max_new_tokens=10)  # context is not consumed
     assert again.token_ids == full.token_ids
 
 

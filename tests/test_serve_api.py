@@ -12,6 +12,7 @@ import urllib.parse
 
 import pytest
 
+from nanovla.runtime.prompts import DESCRIBE_PROMPT
 from serve_helpers import chat_body, png_data_url, read_sse, request, serve_subprocess
 
 pytest.importorskip("fastapi")
@@ -102,7 +103,7 @@ def test_the_official_openai_client(server, scenes, reference):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server["base"] + "/v1", api_key="not-checked", max_retries=0, timeout=120)
     assert [m.id for m in client.models.list()] == [server["model"]]
-    messages = [{"role": "user", "content": [{"type": "text", "text": "describe the scene."},
+    messages = [{"role": "user", "content": [{"type": "text", "text": DESCRIBE_PROMPT},
                                              {"type": "image_url", "image_url": {"url": png_data_url(scenes[1][0])}}]}]
     reply = client.chat.completions.create(model=server["model"], messages=messages, max_tokens=64)
     assert reply.choices[0].message.content == reference[1][1]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..preprocess import ImageError, decode_image, load_image
-from .language import DESCRIBE_PROMPT
+from ..runtime.prompts import DESCRIBE_PROMPT
 
 FORMATS = ("llava", "coco", "vqa", "gqa", "hf", "nanovla")
 IMAGE_PLACEHOLDER = "<image>"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..runtime.prompts import DESCRIBE_PROMPT
+
 # the stated tolerances (bundle.json records them beside the measurements)
 TOLERANCES = {
     "fp32": {"vision_max_abs": 1e-3,  # image tokens are O(1)
@@ -31,7 +33,6 @@ def fp32_vs_torch(model, tokenizer, ort_runtime, rows: list[dict], max_new_token
     """Tensor errors on the first TENSOR_SCENES rows, greedy-token agreement on all rows."""
     import torch
 
-    from ..data.language import DESCRIBE_PROMPT
     from ..preprocess import preprocess
     from ..runtime.torch_backend import TorchRuntime
 

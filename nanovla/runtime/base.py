@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..data.language import DESCRIBE_PROMPT
 from ..preprocess import check_rgb
+from .prompts import DESCRIBE_PROMPT
 
 # backend name -> "module:Class"; imported only when chosen, so torch stays optional
 BACKENDS: dict[str, str] = {

@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from ..data.language import DESCRIBE_PROMPT
+from ..runtime.prompts import DESCRIBE_PROMPT
 from ..tokenizer import check_question
 
 MAX_TOKENS_LIMIT = 512  # a larger max_tokens is refused (the decoder's context is shorter anyway)

@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 
+from nanovla.runtime.prompts import DESCRIBE_PROMPT
+
 pytestmark = pytest.mark.ros
 
 pytest.importorskip("rclpy", reason="rclpy is not installed (scripts/ros_setup.sh installs the ROS 2 wheels)")
@@ -471,7 +473,7 @@ def test_valid_parameter_change_takes_effect(h):
         description, _ = h.publish_until_described(lambda: image_msg(scene_frame(7)), "prompt_test")
         assert description.text
     finally:
-        assert h.set_param("prompt", "describe the scene.").successful
+        assert h.set_param("prompt", DESCRIBE_PROMPT).successful
 
 
 def test_lifecycle_deactivate_cleanup_configure_activate(h, long_answer_checkpoint):

@@ -39,7 +39,7 @@ from nanovla_msgs.action import AskStream
 from nanovla_msgs.msg import SceneDescription
 from nanovla_msgs.srv import Ask
 
-from nanovla.data.language import DESCRIBE_PROMPT
+from nanovla.runtime.prompts import DESCRIBE_PROMPT
 from nanovla.runtime.base import BACKEND_CHOICES  # no torch import: the backend loads in on_configure
 from nanovla.tokenizer import check_question
 

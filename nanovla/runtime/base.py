@@ -47,6 +47,37 @@ def decode_loop(logits, step: Callable[[int, int], Any], sample: Callable[[Any],
     return out
 
 
+def batch_decode_loop(logits, step: Callable[[np.ndarray, int], Any], sample: Callable[[int, Any], int],
+                      stop_ids: set[int], budget: int, cancel: Callable[[], bool] | None = None
+                      ) -> tuple[list[list[int]], bool]:
+    """decode_loop for B sequences that step together: `logits` (B, V); each row stops at its own
+    control token, the loop when every row has stopped or at the budget. `sample(row, row_logits)`
+    -> token; `step(tokens (B,) int, i)` -> the next (B, V) logits, i as in decode_loop. A stopped
+    row is fed its stop token again (its outputs are ignored: every row sits at the same position,
+    the graphs' past_length is one number). `cancel()` -> True stops the whole batch (returned
+    as the second value)."""
+    rows = len(logits)
+    out: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    tokens = np.zeros(rows, dtype=np.int64)
+    for i in range(budget):
+        for r in range(rows):
+            if done[r]:
+                continue
+            token = sample(r, logits[r])
+            tokens[r] = token
+            if token in stop_ids:
+                done[r] = True
+            else:
+                out[r].append(token)
+        if all(done) or i + 1 == budget:
+            break
+        if cancel is not None and cancel():
+            return out, True
+        logits = step(tokens, i)
+    return out, False
+
+
 class RuntimeError_(ValueError):
     """A model/backend that cannot be loaded or used; the message is one line."""
 
@@ -61,11 +92,20 @@ class Answer:
     stopped: bool = False  # True when on_token asked to stop
 
 
+# Runtime.batch_decode: how generate_batch runs the decoder for several frames
+BATCH_DECODE_CHOICES: tuple[str, ...] = ("auto", "always", "never")
+
+
 class Runtime(ABC):
     backend: str = ""
     model_path: str = ""
     image_height: int = 0
     image_width: int = 0
+    # "auto": decode several frames' rows together where each row's result does not depend on the
+    # other rows (float graphs, torch); "always": also where it does (an int8 bundle's decoder
+    # quantizes its activations per call, over all rows: faster, but a frame's greedy answer can
+    # then differ from its one-by-one answer); "never": one frame at a time (vision still batched)
+    batch_decode: str = "auto"
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> Any:
@@ -115,6 +155,44 @@ class Runtime(ABC):
 
     def describe(self, image: np.ndarray, **kwargs) -> Answer:
         return self.ask(image, DESCRIBE_PROMPT, **kwargs)
+
+    # ------------------------------------------------------------------ several frames in one pass
+    # The defaults below loop over the frames; a backend whose graphs take a batch overrides them
+    # (onnxruntime, torch: one vision call and one decoder pass per step for all frames).
+
+    def encode_batch(self, images: list[np.ndarray]) -> list[Any]:
+        """Several RGB frames -> their image contexts (each usable with generate, like encode's)."""
+        return [self.encode(check_rgb(image)) for image in images]
+
+    def generate_batch(self, contexts: list[Any], question: str, *, max_new_tokens: int = 64,
+                       temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                       cancel: Callable[[], bool] | None = None) -> list[Answer]:
+        """The same question about each context, one Answer per context, in order. With temperature
+        0 (greedy) each answer is the one generate() gives for that context alone; sampled rows draw
+        from their own RNG, seeded seed + row. `cancel()` -> True stops every row (stopped=True).
+        Timings are the pass's: latency_ms is the whole batch's, first_token_ms its first step's."""
+        on_token = None if cancel is None else (lambda *_: False if cancel() else None)
+        return [self.generate(context, question, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, seed=None if seed is None else seed + row, on_token=on_token)
+                for row, context in enumerate(contexts)]
+
+    def ask_batch(self, images: list[np.ndarray], question: str, **kwargs) -> list[Answer]:
+        """The same question about several frames (cameras) in one pass: encode_batch then
+        generate_batch; each Answer's latency_ms is the whole pass's, encode_ms the pass's encode."""
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        contexts = self.encode_batch(images)
+        encode_ms = (time.perf_counter() - t0) * 1000
+        answers = self.generate_batch(contexts, question, **kwargs)
+        latency = (time.perf_counter() - t0) * 1000
+        for answer in answers:
+            answer.encode_ms, answer.latency_ms = encode_ms, latency
+        return answers
+
+    def describe_batch(self, images: list[np.ndarray], **kwargs) -> list[Answer]:
+        """describe() of several frames in one pass (see ask_batch)."""
+        return self.ask_batch(images, DESCRIBE_PROMPT, **kwargs)
 
     def close(self) -> None:
         """Free the model (ROS lifecycle cleanup)."""

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bundle import BundleError, check_io, is_bundle, ort_io, read_bundle
-from ..preprocess import preprocess
-from ..tokenizer import Tokenizer
-from .base import Runtime, RuntimeError_, decode_loop
+from ..preprocess import check_rgb, preprocess
+from ..tokenizer import Tokenizer, check_question
+from .base import Answer, Runtime, RuntimeError_, batch_decode_loop, decode_loop
 from .sampling import Sampler, SamplingConfig
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -189,6 +189,98 @@ class OnnxRuntime(Runtime):
         return decode_loop(logits, lambda token, i: step(token, pos + i),
                            sampler, self.stop_ids, budget,
                            on_token, self.tokenizer.decode)
+
+    # ------------------------------------------------------------------ several frames in one pass
+    def encode_batch(self, images: list[np.ndarray]) -> list[OrtImageContext]:
+        """One vision call for all frames (the graph's batch dimension is dynamic; its int8 is
+        static QDQ, so each frame's image tokens equal encode()'s exactly)."""
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        pixels = np.concatenate([preprocess(check_rgb(image), self.image_height, self.image_width)
+                                 for image in images]).astype(self.vision_dtype, copy=False)
+        image_tokens = self.sessions["vision"].run(None, {"pixels": pixels})[0]
+        vision_ms = (time.perf_counter() - t0) * 1000
+        return [OrtImageContext(image_tokens[r:r + 1], None, len(self.prefix), vision_ms, vision_ms)
+                for r in range(len(images))]
+
+    def generate_batch(self, contexts, question, *, max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0,
+                       seed=None, cancel=None):
+        """All contexts in one pass: one prefill call over prefix + question for every row (a row's
+        cached prefix is not reused: the rows share one prefill), then decode steps of all rows
+        together, each row stopping at its own stop token. The decode graph takes a batch of rows
+        at one shared past_length, which holds here because every row has the same prompt."""
+        if not contexts:
+            return []
+        if not self.decodes_rows_together(len(contexts)):  # each row as generate() runs it alone
+            return super().generate_batch(contexts, question, max_new_tokens=max_new_tokens, temperature=temperature,
+                                          top_k=top_k, top_p=top_p, seed=seed, cancel=cancel)
+        rows = len(contexts)
+        samplers = [Sampler(SamplingConfig(max_new_tokens, temperature, top_k, top_p,  # validates
+                                           None if seed is None else seed + r)) for r in range(rows)]
+        prompt = self.tokenizer.question_suffix(check_question(question))
+        start = len(self.prefix)
+        if start + len(prompt) + 1 > self.max_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.max_len}")
+        t0 = time.perf_counter()
+        budget = min(max_new_tokens, self.max_len - start - len(prompt))
+        filled = start + len(prompt)
+        ids = np.array([self.prefix + prompt] * rows, dtype=np.int32)
+        image_tokens = np.concatenate([c.image_tokens for c in contexts]).astype(self.image_dtype, copy=False)
+        outputs = self.sessions["prefill"].run(None, {"input_ids": ids, "image_tokens": image_tokens})
+        buffers = [np.zeros((rows, self.n_kv_head, filled + budget, self.head_dim), dtype=self.kv_dtype)
+                   for _ in range(2 * self.n_layer)]
+        for buf, kv in zip(buffers, outputs[1:]):
+            buf[:, :, :filled] = kv
+        for r, context in enumerate(contexts):
+            if context.cache is None:  # later questions about this frame reuse its prefix
+                context.cache = [np.ascontiguousarray(kv[r:r + 1, :, :start]) for kv in outputs[1:]]
+        first_ms = (time.perf_counter() - t0) * 1000
+        run, step_ids, step_pos, step_logits, step_new, _keep = self._decode_binding(buffers, rows)
+
+        def step(tokens: np.ndarray, i: int) -> np.ndarray:
+            step_ids[:, 0] = tokens
+            step_pos[0] = filled + i
+            run()
+            for buf, new in zip(buffers, step_new):
+                buf[:, :, filled + i] = new[:, :, 0]
+            return step_logits
+
+        tokens, stopped = batch_decode_loop(outputs[0], step, lambda r, logits: samplers[r](logits), self.stop_ids,
+                                            budget, cancel)
+        latency = (time.perf_counter() - t0) * 1000
+        return [Answer(self.decode(t).strip(), t, latency, 0.0, first_ms, stopped) for t in tokens]
+
+    def decodes_rows_together(self, rows: int) -> bool:
+        """Whether generate_batch runs `rows` frames through the decoder graphs together. The int8
+        bundle's decoder graphs quantize activations dynamically, one scale per tensor over every
+        row, so a row's logits there depend on the other rows' values: with batch_decode "auto"
+        those rows are decoded one at a time (greedy answers equal describe()'s); float bundles
+        batch (each row's arithmetic is its own)."""
+        if rows < 2 or self.batch_decode == "never":
+            return False
+        return self.batch_decode == "always" or self.bundle["precision"] != "int8"
+
+    def _decode_binding(self, buffers: list[np.ndarray], rows: int):
+        """The decode graph bound once (IO binding) to `buffers` and to step arrays of `rows` rows:
+        (run, input_ids (rows, 1), past_length (1,), logits (rows, V), new kv per layer, OrtValues
+        to keep alive)."""
+        session = self.sessions["decode"]
+        step_ids = np.zeros((rows, 1), dtype=np.int32)
+        step_pos = np.zeros((1,), dtype=np.int32)
+        step_logits = np.zeros((rows, self.bundle["model"]["vocab_size"]), dtype=np.float32)
+        step_new = [np.zeros((rows, self.n_kv_head, 1, self.head_dim), dtype=self.kv_dtype) for _ in buffers]
+        binding = session.io_binding()
+        keep = []
+        for name, array in [("input_ids", step_ids), ("past_length", step_pos), *zip(self.past_names, buffers)]:
+            value = self.ort.OrtValue.ortvalue_from_numpy(array)
+            keep.append(value)
+            binding.bind_ortvalue_input(name, value)
+        for name, array in [("logits", step_logits), *zip(self.new_names, step_new)]:
+            value = self.ort.OrtValue.ortvalue_from_numpy(array)
+            keep.append(value)
+            binding.bind_ortvalue_output(name, value)
+        return (lambda: session.run_with_iobinding(binding)), step_ids, step_pos, step_logits, step_new, keep
 
     def decode(self, ids):
         return self.tokenizer.decode(ids)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..engine import Engine, ImageContext
-from ..preprocess import preprocess
-from .base import Runtime, RuntimeError_
-from .sampling import SamplingConfig
+from ..preprocess import check_rgb, preprocess
+from ..tokenizer import check_question
+from .base import Answer, Runtime, RuntimeError_, batch_decode_loop
+from .sampling import Sampler, SamplingConfig
 
 
 class TorchRuntime(Runtime):
@@ -51,6 +54,68 @@ class TorchRuntime(Runtime):
     def _generate(self, context, question, max_new_tokens, temperature, top_k, top_p, seed, on_token):
         sampling = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
         return self.engine.generate_ids(context, self.tokenizer.question_suffix(question), sampling, on_token)
+
+    # ------------------------------------------------------------------ several frames in one pass
+    def decodes_rows_together(self, rows: int) -> bool:
+        """Rows of a float model are independent (each row's arithmetic is its own), so "auto" batches."""
+        return rows >= 2 and self.batch_decode != "never"
+
+    @torch.inference_mode()
+    def encode_batch(self, images: list[np.ndarray]) -> list[ImageContext]:
+        """One encoder call for all frames, then the image prefix's prefill for all of them together
+        (one at a time with batch_decode "never")."""
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        pixels = np.concatenate([preprocess(check_rgb(image), self.image_height, self.image_width) for image in images])
+        image_tokens = self.model.encode_image(torch.from_numpy(pixels).to(self.dtype).to(self.engine.device))
+        prefix = self.tokenizer.image_prefix(self.model.image_tokens)
+        rows = len(images)
+        if self.decodes_rows_together(rows):
+            _, cache = self.model.prefill(torch.tensor([prefix] * rows, device=self.engine.device), image_tokens)
+            caches = [[(k[r:r + 1], v[r:r + 1]) for k, v in cache] for r in range(rows)]
+        else:
+            ids = torch.tensor([prefix], device=self.engine.device)
+            caches = [self.model.prefill(ids, image_tokens[r:r + 1])[1] for r in range(rows)]
+        encode_ms = (time.perf_counter() - t0) * 1000
+        return [ImageContext(image_tokens[r:r + 1], caches[r], len(prefix), encode_ms) for r in range(rows)]
+
+    @torch.inference_mode()
+    def generate_batch(self, contexts, question, *, max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0,
+                       seed=None, cancel=None):
+        """The contexts' cached prefixes stacked into one batch; the question's prefill and every
+        decode step run for all rows together, each row stopping at its own stop token."""
+        rows = len(contexts)
+        if not self.decodes_rows_together(rows):
+            return super().generate_batch(contexts, question, max_new_tokens=max_new_tokens, temperature=temperature,
+                                          top_k=top_k, top_p=top_p, seed=seed, cancel=cancel)
+        samplers = [Sampler(SamplingConfig(max_new_tokens, temperature, top_k, top_p,  # validates
+                                           None if seed is None else seed + r)) for r in range(rows)]
+        prompt = self.tokenizer.question_suffix(check_question(question))
+        start = contexts[0].prefix_len
+        if any(c.prefix_len != start for c in contexts):
+            raise ValueError("generate_batch: the contexts' image prefixes differ in length")
+        if start + len(prompt) + 1 > self.engine.max_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.engine.max_len}")
+        t0 = time.perf_counter()
+        device = self.engine.device
+        cache = [(torch.cat([c.cache[layer][0] for c in contexts]), torch.cat([c.cache[layer][1] for c in contexts]))
+                 for layer in range(len(contexts[0].cache))]
+        logits, cache = self.model.prefill(torch.tensor([prompt] * rows, device=device), None, past=cache,
+                                           start_pos=start)
+        first_ms = (time.perf_counter() - t0) * 1000
+        pos = start + len(prompt)
+        state = {"cache": cache}
+
+        def step(tokens: np.ndarray, i: int) -> torch.Tensor:
+            ids = torch.from_numpy(tokens.copy()).view(rows, 1).to(device)
+            out, state["cache"] = self.model.prefill(ids, None, past=state["cache"], start_pos=pos + i)
+            return out
+
+        tokens, stopped = batch_decode_loop(logits, step, lambda r, lg: samplers[r](lg.float().cpu().numpy()),
+                                            self.engine.stop_ids, min(max_new_tokens, self.engine.max_len - pos), cancel)
+        latency = (time.perf_counter() - t0) * 1000
+        return [Answer(self.decode(t).strip(), t, latency, 0.0, first_ms, stopped) for t in tokens]
 
     def decode(self, ids):
         return self.tokenizer.decode(ids)

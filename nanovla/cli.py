@@ -14,14 +14,12 @@ Bad input is one line on stderr and a non-zero exit, never a traceback (NANOVLA_
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
-import typing
 
-from .cli_common import CLIError, load_runtime_from_args
+from .cli_common import CLIError, add_dataclass_args, dataclass_from_args, load_runtime_from_args
 from .train_config import TrainConfig
 
 EXIT_BAD_INPUT = 2
@@ -33,44 +31,6 @@ def _emit(obj: dict) -> None:
 
 def _err(msg: str) -> None:
     print(f"nanovla: error: {msg}", file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- dataclass -> argparse
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    """One --flag per dataclass field, typed from the annotation; booleans take true/false."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        t = hints[f.name]
-        flag = "--" + (prefix + f.name).replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if t is bool:
-            parser.add_argument(flag, type=_parse_bool, default=None, metavar="true|false",
-                                help=f"(default {str(default).lower()})")
-        elif t in (int, float, str):
-            parser.add_argument(flag, type=t, default=None, help=f"(default {default!r})")
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def dataclass_from_args(cls, args: argparse.Namespace, base: dict | None = None):
-    values = dict(base or {})
-    for f in dataclasses.fields(cls):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise CLIError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
-    return cls(**values)
 
 
 # ----------------------------------------------------------------------------- commands

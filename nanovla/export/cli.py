@@ -8,8 +8,8 @@ import dataclasses
 import json
 import os
 import sys
-import typing
 
+from ..cli_common import add_dataclass_args, dataclass_from_args, given_fields
 from .formats import FORMATS, ExportOptions, formats_help, option_help
 
 
@@ -22,15 +22,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: the shipped model)")
     p.add_argument("--to", required=True, choices=list(FORMATS), help="export format (see below)")
     p.add_argument("--out", default=None, help="bundle directory to write (default: bundles/<model>-<format>)")
-    hints = typing.get_type_hints(ExportOptions)
     descriptions = option_help()
-    for f in dataclasses.fields(ExportOptions):
-        flag = "--" + f.name.replace("_", "-")
-        text = _field_help(f, descriptions.get(f.name, ""))
-        if hints[f.name] is bool:
-            p.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=text)
-        else:
-            p.add_argument(flag, dest=f.name, type=hints[f.name], default=None, help=text)
+    add_dataclass_args(p, ExportOptions, switches=True, describe=lambda f: _field_help(f, descriptions.get(f.name, "")))
     p.add_argument("--json", action="store_true", help="print bundle.json's parity section as JSON")
     p.set_defaults(func=cmd_export)
     return p
@@ -46,8 +39,8 @@ def cmd_export(args) -> int:
     from ..runtime.base import resolve_model
 
     fmt = FORMATS[args.to]
-    given = {f.name for f in dataclasses.fields(ExportOptions) if getattr(args, f.name, None) is not None}
-    options = ExportOptions(**{name: getattr(args, name) for name in given})
+    given = given_fields(ExportOptions, args)
+    options = dataclass_from_args(ExportOptions, args)
     options.validate(fmt, given)  # ValueError -> one line, exit 2 (cli.main)
     model = resolve_model(args.model)
     out = args.out or os.path.join("bundles", f"{os.path.basename(os.path.normpath(model))}-{fmt.name}")

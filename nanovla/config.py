@@ -1,5 +1,7 @@
 """Typed configs for each model component. The whole `ModelConfig` is saved as config.json
-beside the weights; `upgrade_config` fills keys that older checkpoints lack."""
+beside the weights. An older checkpoint's config.json lacks the fields added since it was
+written; `ModelConfig.from_dict` gives each missing field its dataclass default, which is what
+the model did before the field existed (so a new field's default must keep old behaviour)."""
 
 from __future__ import annotations
 
@@ -102,7 +104,6 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        data = upgrade_config(data)
         return cls(
             vision=_build(VisionConfig, data.get("vision", {}), "vision"),
             projector=_build(ProjectorConfig, data.get("projector", {}), "projector"),
@@ -110,15 +111,9 @@ class ModelConfig:
         )
 
 
-def upgrade_config(data: dict) -> dict:
-    """Fill in keys that older config.json files lack (explicitly, one place).
-
-    Missing fields of a section take the dataclass default, which is what the model had before
-    the field existed; nothing else is guessed."""
-    return dict(data)
-
-
 def _build(cls, values: dict, section: str):
+    """The section's dataclass from its config.json values: a missing key takes the default, an
+    unknown one is an error, JSON lists become the tuples the dataclass declares."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(names))
     if unknown:

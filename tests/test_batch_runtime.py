@@ -155,7 +155,8 @@ def test_batched_bundle_runs_without_torch(tmp_path):
         assert len(answers) == 2 and all(a.text for a in answers)
         assert "torch" not in sys.modules or sys.modules["torch"] is None
     """)
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
     assert result.returncode == 0, result.stderr[-2000:]
 
 

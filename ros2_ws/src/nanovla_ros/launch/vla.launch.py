@@ -3,6 +3,12 @@
   ros2 launch nanovla_ros vla.launch.py image:=/camera/color/image_raw
   ros2 launch nanovla_ros vla.launch.py namespace:=front image:=/front/image_raw params_file:=/path/params.yaml
   ros2 launch nanovla_ros vla.launch.py autostart:=false   # leave configure/activate to a lifecycle manager
+  ros2 launch nanovla_ros vla.launch.py image_topics:=/front/image_raw,/rear/image_raw/compressed
+
+image_topics (comma-separated; empty = the one camera of `image` / `compressed_image`): several
+cameras described by ONE describer in one batched pass per tick; every description goes to
+`description` with its frame's header, so frame_id tells the cameras apart. Topics ending in
+/compressed are sensor_msgs/CompressedImage.
 
 Topics are relative to the namespace: description, description/text, ask, ask_stream; /diagnostics.
 """
@@ -21,6 +27,9 @@ def _describer(context):
     model = LaunchConfiguration("model").perform(context)
     if model:  # only when given: an empty override would hide the params file's model
         overrides["model"] = model
+    topics = [t.strip() for t in LaunchConfiguration("image_topics").perform(context).split(",") if t.strip()]
+    if topics:  # only when given, like model
+        overrides["image_topics"] = topics
     return [LifecycleNode(
         package="nanovla_ros",
         executable="describer",
@@ -42,6 +51,10 @@ def generate_launch_description():
         DeclareLaunchArgument("image", default_value="image", description="sensor_msgs/Image topic of the camera"),
         DeclareLaunchArgument("compressed_image", default_value="image/compressed",
                               description="sensor_msgs/CompressedImage topic of the camera"),
+        DeclareLaunchArgument("image_topics", default_value="",
+                              description="several cameras in one pass: comma-separated Image topics (names ending "
+                                          "in /compressed: CompressedImage); empty = the one camera of image / "
+                                          "compressed_image"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="describer parameters"),
         DeclareLaunchArgument("model", default_value="",
                               description="checkpoint or bundle directory; empty = params_file's value"),

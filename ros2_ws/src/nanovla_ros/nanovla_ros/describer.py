@@ -1,10 +1,19 @@
 """The describer: a lifecycle node that describes the newest camera frame and answers questions.
 
+Cameras: one (image_topic and/or compressed_image_topic, the default), or several (image_topics:
+one topic per camera; a name ending in /compressed is a CompressedImage topic). Each camera's
+newest frame is kept; every tick describes all cameras' newest frames in one batched pass
+(Runtime.encode_batch + generate_batch) and publishes one SceneDescription per frame on
+`description`, with that frame's header (stamp, frame_id), so consumers tell cameras apart by
+frame_id. A bad frame from one camera is a one-line warning; the other cameras' frames of that
+tick are still described.
+
 Threads (a MultiThreadedExecutor plus one worker thread):
-  - image callbacks (own mutually exclusive group) only put the message into a one-frame slot;
-    they never wait for the model, so the subscription keeps receiving during inference;
-  - the worker thread takes the newest frame, skips it when older than max_frame_age_s, converts,
-    encodes and describes it, at most max_rate_hz;
+  - image callbacks (own mutually exclusive group) only put the message into its camera's
+    one-frame slot; they never wait for the model, so the subscriptions keep receiving during
+    inference;
+  - the worker thread takes each camera's newest frame, skips those older than max_frame_age_s,
+    converts, encodes and describes them in one pass, at most max_rate_hz passes per second;
   - the ask service and the ask_stream action (reentrant group) use the latest frame, reusing its
     image context when that frame was already encoded;
   - one lock serialises model use (a runtime is not assumed thread-safe).
@@ -40,7 +49,7 @@ from nanovla_msgs.msg import SceneDescription
 from nanovla_msgs.srv import Ask
 
 from nanovla.runtime.prompts import DESCRIBE_PROMPT
-from nanovla.runtime.base import BACKEND_CHOICES  # no torch import: the backend loads in on_configure
+from nanovla.runtime.base import BACKEND_CHOICES, BATCH_DECODE_CHOICES  # no torch: the backend loads in on_configure
 from nanovla.tokenizer import check_question
 
 from .frame_slot import Frame, FrameSlot
@@ -48,8 +57,9 @@ from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
 
 BACKEND_NAMES = BACKEND_CHOICES
 # parameters read when the model is loaded; changing them while configured would be silently ignored
-LOAD_TIME_PARAMETERS = ("model", "backend", "device", "threads", "image_topic", "compressed_image_topic",
-                        "reliability", "qos_depth")
+LOAD_TIME_PARAMETERS = ("model", "backend", "device", "threads", "batch_decode", "image_topics", "image_topic",
+                        "compressed_image_topic", "reliability", "qos_depth")
+COMPRESSED_SUFFIX = "/compressed"  # image_transport's naming: <camera>/image_raw/compressed
 
 
 def _describe(text: str, **range_or_flags) -> ParameterDescriptor:
@@ -64,12 +74,20 @@ def _int_range(low: int, high: int) -> list[IntegerRange]:
     return [IntegerRange(from_value=low, to_value=high, step=1)]
 
 
+def _valid_topic(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "_/~{}" for c in name)
+
+
 PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "model": ("", _describe("checkpoint or exported bundle directory; empty = the shipped default model")),
     "backend": ("auto", _describe(f"runtime backend: {', '.join(BACKEND_NAMES)}; auto = onnxruntime for a bundle "
                                   "(an empty model: the shipped int8 bundle), torch for a checkpoint")),
     "device": ("cpu", _describe("cpu, cuda or cuda:N")),
     "threads": (0, _describe("CPU threads for inference; 0 = the backend's default", integer_range=_int_range(0, 256))),
+    "batch_decode": ("auto", _describe(
+        f"several cameras: {', '.join(BATCH_DECODE_CHOICES)}; auto = decode the frames together where each answer "
+        "stays what the frame alone gives (float models), else one at a time (int8 bundle: vision still batched); "
+        "always = together even for the int8 bundle (faster; answers may then differ slightly)")),
     "prompt": (DESCRIBE_PROMPT, _describe("the instruction used to describe each frame")),
     "max_new_tokens": (64, _describe("longest description or answer, in tokens (a 6-object caption is 61)",
                                      integer_range=_int_range(1, 512))),
@@ -79,6 +97,11 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                                    floating_point_range=_float_range(0.01, 1000.0))),
     "max_frame_age_s": (1.0, _describe("frames older than this (now - header.stamp) are skipped; 0 = no limit",
                                        floating_point_range=_float_range(0.0, 3600.0))),
+    # empty by default: [] would be a byte array to rclpy, so the type is dynamic and checked here
+    "image_topics": ([], _describe("several cameras, one topic each, described in one batched pass per tick: "
+                                   "sensor_msgs/Image, or CompressedImage for names ending in /compressed; "
+                                   "[] = the single camera of image_topic / compressed_image_topic",
+                                   dynamic_typing=True)),
     "image_topic": ("image", _describe("sensor_msgs/Image input (rgb8, bgr8, mono8, rgba8, bgra8); empty = off")),
     "compressed_image_topic": ("image/compressed",
                                _describe("sensor_msgs/CompressedImage input (JPEG/PNG); empty = off")),
@@ -125,6 +148,8 @@ class Describer(LifecycleNode):
         self._active = False
         self._configured = False
         self._image_subscriptions: list = []
+        self._camera_topics: list[str] = []  # per camera (index = Frame.camera), for log lines
+        self._last_batch = 0  # frames described in the last pass
         self._ask_service = None
         self._action_server = None
         self._description_pub = None
@@ -140,7 +165,7 @@ class Describer(LifecycleNode):
         self._errors = 0
         self._latency_sum = 0.0
         self._last_error = ""
-        self._last_logged_error = ("", 0.0)
+        self._last_logged_error: dict[str, float] = {}
 
         # /diagnostics is absolute: one aggregator topic for all cameras' describers
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -176,10 +201,25 @@ class Describer(LifecycleNode):
         if name in ("image_topic", "compressed_image_topic"):
             other = "compressed_image_topic" if name == "image_topic" else "image_topic"
             other_value = self.get_parameter(other).value if self.has_parameter(other) else "set"
-            if not value and not other_value:
-                return "image_topic and compressed_image_topic cannot both be empty"
-            if value and not all(c.isalnum() or c in "_/~{}" for c in value):
+            if not value and not other_value and not self._image_topics():
+                return "image_topic and compressed_image_topic cannot both be empty (unless image_topics is set)"
+            if value and not _valid_topic(value):
                 return f"{value!r} is not a valid topic name"
+        if name == "image_topics":
+            if value is not None and (not isinstance(value, (list, tuple)) or
+                                      (value and not all(isinstance(t, str) for t in value))):
+                return "a list of topic names, e.g. ['front/image_raw', 'rear/image_raw/compressed']"
+            topics = list(value or [])
+            for topic in topics:
+                if not _valid_topic(topic):
+                    return f"{topic!r} is not a valid topic name"
+            if len(set(topics)) != len(topics):
+                return "a topic is listed twice"
+            if not topics and self.has_parameter("image_topic") and not self._param("image_topic") \
+                    and not self._param("compressed_image_topic"):
+                return "empty, and image_topic and compressed_image_topic are empty too: no camera"
+        if name == "batch_decode" and value not in BATCH_DECODE_CHOICES:
+            return f"{value!r}: use one of {', '.join(BATCH_DECODE_CHOICES)}"
         if name == "reliability" and value not in ("best_effort", "reliable"):
             return f"{value!r}: use best_effort or reliable"
         if isinstance(value, float) and not math.isfinite(value):
@@ -188,6 +228,12 @@ class Describer(LifecycleNode):
 
     def _param(self, name: str):
         return self.get_parameter(name).value
+
+    def _image_topics(self) -> list[str]:
+        """image_topics as a list ([] when unset; an empty override reads as NOT_SET)."""
+        if not self.has_parameter("image_topics"):
+            return []
+        return list(self._param("image_topics") or [])
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -212,6 +258,7 @@ class Describer(LifecycleNode):
         except (RuntimeError_, ImportError, OSError, ValueError) as e:
             self._note_error(f"cannot load the model: {e}")
             return TransitionCallbackReturn.FAILURE
+        self._runtime.batch_decode = self._param("batch_decode")
         self.get_logger().info(f"loaded {self._runtime.model_path} with {self._runtime.backend} "
                                f"on {self._param('device')} in {time.perf_counter() - t0:.1f} s")
         self._description_pub = self.create_lifecycle_publisher(SceneDescription, "description", 10)
@@ -229,23 +276,34 @@ class Describer(LifecycleNode):
                                       else ReliabilityPolicy.BEST_EFFORT),
                          durability=qos_profile_sensor_data.durability)
         topics = []
-        if self._param("image_topic"):
-            self._image_subscriptions.append(self.create_subscription(
-                Image, self._param("image_topic"), lambda m: self._on_frame(m, False), qos,
-                callback_group=self._image_group))
-            topics.append(self._image_subscriptions[-1].topic_name)
-        if self._param("compressed_image_topic"):
-            self._image_subscriptions.append(self.create_subscription(
-                CompressedImage, self._param("compressed_image_topic"), lambda m: self._on_frame(m, True), qos,
-                callback_group=self._image_group))
-            topics.append(self._image_subscriptions[-1].topic_name)
-        self._slot.reopen()
+        cameras = self._image_topics()
+        if cameras:  # several cameras: one slot each
+            for camera, topic in enumerate(cameras):
+                compressed = topic.endswith(COMPRESSED_SUFFIX)
+                self._image_subscriptions.append(self.create_subscription(
+                    CompressedImage if compressed else Image, topic,
+                    lambda m, c=compressed, i=camera: self._on_frame(m, c, i), qos, callback_group=self._image_group))
+                topics.append(self._image_subscriptions[-1].topic_name)
+        else:  # one camera, raw and/or compressed into one slot (as before image_topics)
+            if self._param("image_topic"):
+                self._image_subscriptions.append(self.create_subscription(
+                    Image, self._param("image_topic"), lambda m: self._on_frame(m, False), qos,
+                    callback_group=self._image_group))
+                topics.append(self._image_subscriptions[-1].topic_name)
+            if self._param("compressed_image_topic"):
+                self._image_subscriptions.append(self.create_subscription(
+                    CompressedImage, self._param("compressed_image_topic"), lambda m: self._on_frame(m, True), qos,
+                    callback_group=self._image_group))
+                topics.append(self._image_subscriptions[-1].topic_name)
+        self._camera_topics = topics if cameras else [" and ".join(topics)]
+        self._slot.reopen(max(1, len(cameras)))
         self._stop.clear()
         self._active = True
         self._worker = threading.Thread(target=self._work, name="describer-worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"active: describing {' and '.join(topics)} at most "
-                               f"{self._param('max_rate_hz'):g} Hz")
+        what = (f"{len(cameras)} cameras in one pass per tick ({', '.join(topics)})" if cameras
+                else " and ".join(topics))
+        self.get_logger().info(f"active: describing {what} at most {self._param('max_rate_hz'):g} Hz")
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -313,14 +371,14 @@ class Describer(LifecycleNode):
 
     # ---------------------------------------------------------------- frames
 
-    def _on_frame(self, msg, compressed: bool) -> None:
-        """Executor thread: keep only the newest frame; the worker does the rest."""
+    def _on_frame(self, msg, compressed: bool, camera: int = 0) -> None:
+        """Executor thread: keep only each camera's newest frame; the worker does the rest."""
         if not self._active:
             return
         with self._stats_lock:
             self._seq += 1
             self._received += 1
-            frame = Frame(self._seq, msg, compressed, time.monotonic())
+            frame = Frame(self._seq, msg, compressed, time.monotonic(), camera)
         self._latest = frame
         self._slot.put(frame)
 
@@ -340,55 +398,92 @@ class Describer(LifecycleNode):
             wait = next_allowed - time.monotonic()
             if wait > 0 and self._stop.wait(wait):  # newer frames replace older ones meanwhile
                 break
-            frame = self._slot.take(timeout=0.5)
-            if frame is None or not self._active:
+            frames = self._slot.take_all(timeout=0.5)  # each camera's newest
+            if not frames or not self._active:
                 continue
-            age = self._frame_age(frame.msg.header)
+            fresh, ages = [], []
             max_age = self._param("max_frame_age_s")
-            if max_age > 0 and age > max_age:
-                with self._stats_lock:
-                    self._stale += 1
+            for frame in frames:
+                age = self._frame_age(frame.msg.header)
+                if max_age > 0 and age > max_age:
+                    with self._stats_lock:
+                        self._stale += 1
+                else:
+                    fresh.append(frame)
+                    ages.append(age)
+            if not fresh:
                 continue
             started = time.monotonic()
             try:
-                self._describe(frame, age)
-            except FrameError as e:
-                self._note_bad_frame(frame, str(e))
+                self._describe(fresh, ages)
             except Exception as e:  # a model failure must not kill the worker; it shows in diagnostics
                 self._note_error(f"describing frame failed: {type(e).__name__}: {e}")
             next_allowed = started + 1.0 / self._param("max_rate_hz")
 
-    def _describe(self, frame: Frame, age: float) -> None:
+    def _describe(self, frames: list[Frame], ages: list[float]) -> None:
+        """All cameras' newest frames in one pass: convert each (a bad frame is skipped with a
+        warning, the others go on), encode them in one batch, generate for all together, publish
+        one SceneDescription per frame with its own header."""
         t0 = time.perf_counter()
-        rgb = self._to_rgb(frame)
-        with self._model_lock:
-            if self._runtime is None:
-                return
-            context = self._runtime.encode(rgb)
-            self._encoded = EncodedFrame(frame.seq, frame.msg.header, context)
-            self._encoded_count += 1
-            answer = self._runtime.generate(context, self._param("prompt"),
-                                            max_new_tokens=self._param("max_new_tokens"),
-                                            temperature=self._param("temperature"),
-                                            on_token=lambda *_: None if self._active else False)
-            model_path, backend = self._runtime.model_path, self._runtime.backend
+        good, rgbs = [], []
+        for frame, age in zip(frames, ages):
+            try:
+                rgbs.append(self._to_rgb(frame))
+                good.append((frame, age))
+            except FrameError as e:
+                self._note_bad_frame(frame, str(e))
+        if not good:
+            return
+        try:
+            answers, model_path, backend = self._run_batch([f for f, _ in good], rgbs)
+        except Exception as e:
+            if len(good) == 1:
+                raise
+            # one frame may have broken the batch: describe each alone so the others still come out
+            self._note_error(f"describing {len(good)} frames in one pass failed ({type(e).__name__}: {e}); "
+                             "describing them one at a time")
+            for (frame, age), rgb in zip(good, rgbs):
+                try:
+                    self._describe([frame], [age])
+                except Exception as e1:
+                    self._note_error(f"describing frame failed: {type(e1).__name__}: {e1}")
+            return
         if not self._active:
             return
-        latency = time.perf_counter() - t0
-        msg = SceneDescription(header=frame.msg.header, text=answer.text, model=model_path, backend=backend,
-                               latency_s=latency, frame_age_s=age)
-        self._description_pub.publish(msg)
-        self._text_pub.publish(String(data=answer.text))
+        latency = time.perf_counter() - t0  # the whole pass's: every frame of it came out at once
+        for (frame, age), answer in zip(good, answers):
+            msg = SceneDescription(header=frame.msg.header, text=answer.text, model=model_path, backend=backend,
+                                   latency_s=latency, frame_age_s=age)
+            self._description_pub.publish(msg)
+            self._text_pub.publish(String(data=answer.text))
         with self._stats_lock:
-            self._described += 1
-            self._latency_sum += latency
+            self._described += len(good)
+            self._latency_sum += latency * len(good)
+            self._last_batch = len(good)
+
+    def _run_batch(self, frames: list[Frame], rgbs: list):
+        with self._model_lock:
+            if self._runtime is None:
+                return [], "", ""
+            contexts = self._runtime.encode_batch(rgbs)
+            newest = max(range(len(frames)), key=lambda i: frames[i].seq)  # what a question asks about
+            self._encoded = EncodedFrame(frames[newest].seq, frames[newest].msg.header, contexts[newest])
+            self._encoded_count += len(contexts)
+            answers = self._runtime.generate_batch(contexts, self._param("prompt"),
+                                                   max_new_tokens=self._param("max_new_tokens"),
+                                                   temperature=self._param("temperature"),
+                                                   cancel=lambda: not self._active)
+            return answers, self._runtime.model_path, self._runtime.backend
 
     def _note_bad_frame(self, frame: Frame, reason: str) -> None:
         with self._stats_lock:
             self._bad += 1
             self._last_error = f"bad frame: {reason}"
         kind = "CompressedImage" if frame.compressed else "Image"
-        self._log_error(f"bad {kind} frame (frame_id {frame.msg.header.frame_id!r}) skipped: {reason}")
+        topics = self._camera_topics
+        where = f" on {topics[frame.camera]}" if frame.camera < len(topics) and len(topics) > 1 else ""
+        self._log_error(f"bad {kind} frame{where} (frame_id {frame.msg.header.frame_id!r}) skipped: {reason}",
+                        warning=True)
 
     def _note_error(self, message: str) -> None:
         with self._stats_lock:
@@ -396,13 +491,15 @@ class Describer(LifecycleNode):
             self._last_error = message
         self._log_error(message)
 
-    def _log_error(self, message: str) -> None:
+    def _log_error(self, message: str, warning: bool = False) -> None:
         """Log each new reason; repeat an identical one at most every 5 s (a broken camera at 30 FPS)."""
-        last, when = self._last_logged_error
         now = time.monotonic()
-        if message != last or now - when > 5.0:
-            self.get_logger().error(message)
-            self._last_logged_error = (message, now)
+        logged = self._last_logged_error  # message -> when it was last logged (two broken cameras alternate)
+        if now - logged.get(message, -1e9) > 5.0:
+            (self.get_logger().warning if warning else self.get_logger().error)(message)
+            for old in [m for m, t in logged.items() if now - t > 5.0]:
+                del logged[old]
+            logged[message] = now
 
     # ---------------------------------------------------------------- questions
 
@@ -509,6 +606,8 @@ class Describer(LifecycleNode):
                 "questions_answered": self._questions,
                 "errors": self._errors,
                 "mean_latency_ms": round(1000 * self._latency_sum / self._described, 1) if self._described else 0.0,
+                "cameras": len(self._camera_topics),
+                "frames_in_last_pass": self._last_batch,
                 "last_error": self._last_error,
             }
             bad, errors = self._bad, self._errors

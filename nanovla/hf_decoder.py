@@ -26,7 +26,8 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from .config import DecoderConfig
-from .gpt import GPT
+from .checkpoint import atomic_directory_write
+from .gpt import GPT, scale_rope_frequencies
 from .tokenizer import SPECIAL_TOKENS, Tokenizer
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")  # SmolLM2 is model_type "llama"
@@ -82,7 +83,6 @@ def decoder_config_from_hf(hf: dict, vocab_size: int, max_seq_len: int = 0) -> D
     if hf.get("hidden_act", "silu") != "silu":
         raise HFDecoderError(f"hidden_act {hf.get('hidden_act')!r}: only SwiGLU (silu) is supported")
     theta, scaling = rope_settings(hf)
-    from .gpt import scale_rope_frequencies
 
     scale_rope_frequencies(torch.ones(2), scaling)  # refuse an unsupported scaling now, not at load
     return DecoderConfig(
@@ -217,7 +217,6 @@ def export_hf(path: str, decoder: GPT, tokenizer: Tokenizer, base_config: dict |
     that `AutoModelForCausalLM.from_pretrained(path)` loads; image tokens are not part of it."""
     from safetensors.torch import save_file
 
-    from .checkpoint import atomic_directory_write
 
     cfg = decoder.cfg
     model_type = (base_config or {}).get("model_type", "qwen2" if cfg.attention_bias else "llama")

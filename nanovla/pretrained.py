@@ -16,7 +16,11 @@ import os
 
 import torch
 
+from .checkpoint import save_checkpoint
 from .config import ModelConfig, ProjectorConfig, VisionConfig
+from .hf_decoder import PROVENANCE_FILE, load_hf_decoder
+from .hf_vision import detect_kind, vision_preprocessing
+from .vlm import VisionLanguageModel, build_vision_encoder
 
 
 def pick_grid(tokens: int, sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
@@ -37,8 +41,6 @@ def pick_grid(tokens: int, sizes: list[tuple[int, int]]) -> tuple[int, int] | No
 
 def vision_config_for(encoder: str, image_size: tuple[int, int] | None = None) -> VisionConfig:
     if os.path.isdir(encoder):
-        from .hf_vision import detect_kind, vision_preprocessing
-
         kind = detect_kind(encoder)
         with open(os.path.join(encoder, "config.json")) as f:
             raw = json.load(f)
@@ -63,11 +65,6 @@ def init_checkpoint(encoder: str, decoder: str, out: str, image_tokens: int = 0,
                     image_size: tuple[int, int] | None = None, resampler: str = "auto", seed: int = 0,
                     log=print) -> dict:
     """Write a nanovla checkpoint (pretrained encoder + decoder, fresh projector) to `out`."""
-    from .checkpoint import save_checkpoint
-    from .hf_decoder import PROVENANCE_FILE, load_hf_decoder
-    from .vision import build_vision_encoder
-    from .vlm import VisionLanguageModel
-
     torch.manual_seed(seed)
     gpt, tokenizer, provenance = load_hf_decoder(decoder, max_seq_len)
     vision_cfg = vision_config_for(encoder, image_size)

@@ -33,13 +33,14 @@ import torch.distributed as dist
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.dataset import SceneSet
-from .data.language import DESCRIBE_PROMPT, caption, sample_questions
+from .data.language import caption, sample_questions
 from .feature_cache import pooled_feature_cache
 from .rewards import reward
+from .runtime.prompts import DESCRIBE_PROMPT
 from .runtime.sampling import sample
 from .tokenizer import Tokenizer
-from .train_common import (Progress, autocast_for, build_optimizer, evaluate_model, load_resume_state, lr_factor,
-                           save_resume_state, set_trainable)
+from .train_common import (Progress, autocast_for, build_optimizer, evaluate_model, load_resume_state,
+                           lr_factor, save_resume_state, set_trainable)
 from .train_config import TrainConfig
 from .vlm import VisionLanguageModel
 

@@ -162,7 +162,8 @@ class Progress:
         width = 24
         filled = int(width * (step + 1) / self.total)
         line = (f"[{self.stage}] {'#' * filled}{'.' * (width - filled)} {step + 1}/{self.total} loss {loss:.4f} "
-                f"{extra + ' ' if extra else ''}{rate:,.0f} {self.unit}/s{self._mfu(elapsed, peak_flops)} elapsed {elapsed / 60:.1f}m eta {eta / 60:.1f}m")
+                f"{extra + ' ' if extra else ''}{rate:,.0f} {self.unit}/s{self._mfu(elapsed, peak_flops)} "
+                f"elapsed {elapsed / 60:.1f}m eta {eta / 60:.1f}m")
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def _mfu(self, elapsed: float, peak_flops: float) -> str:

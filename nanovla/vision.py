@@ -86,13 +86,3 @@ class YoloNeckEncoder(VisionEncoder):
         feats = [self._captured[i] for i in self.hooked]
         self._captured = {}
         return feats
-
-
-def build_vision_encoder(cfg: VisionConfig) -> VisionEncoder:
-    if cfg.kind == "yolov9":
-        return YoloNeckEncoder(cfg)
-    if cfg.kind in ("clip", "siglip"):
-        from .hf_vision import HFVisionEncoder  # optional: needs transformers
-
-        return HFVisionEncoder(cfg)
-    raise ValueError(f"unknown vision encoder kind {cfg.kind!r}; expected yolov9, clip or siglip")

@@ -7,10 +7,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, VisionConfig
 from .gpt import GPT, KVCache
+from .hf_vision import HFVisionEncoder
 from .projector import Projector
-from .vision import build_vision_encoder
+from .vision import VisionEncoder, YoloNeckEncoder
+
+
+def build_vision_encoder(cfg: VisionConfig) -> VisionEncoder:
+    """The encoder the config names, behind the one VisionEncoder interface (a CLIP/SigLIP tower
+    needs `transformers`, imported when one is built)."""
+    if cfg.kind == "yolov9":
+        return YoloNeckEncoder(cfg)
+    if cfg.kind in ("clip", "siglip"):
+        return HFVisionEncoder(cfg)
+    raise ValueError(f"unknown vision encoder kind {cfg.kind!r}; expected yolov9, clip or siglip")
 
 
 class VisionLanguageModel(nn.Module):

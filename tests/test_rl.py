@@ -135,7 +135,8 @@ def test_reward_rises_on_a_toy_task(tmp_path, scene_dir, tiny_checkpoint):
     # one token per sample: a bandit over the vocabulary, so every advantage lands on the token it scored
     cfg = _config(scene_dir, tiny_checkpoint, str(tmp_path / "toy"), str(tmp_path / "cache"), steps=12, batch_size=4,
                   rl_group=8, rl_max_new_tokens=1, lr=1e-2, rl_kl=0.0, qa_share=1.0, caption_share=0.0)
-    metrics = train_rl_stage(cfg, model, tok, data, torch.device("cpu"), lambda m: None, reward_fn=first_half_of_the_alphabet)
+    metrics = train_rl_stage(cfg, model, tok, data, torch.device("cpu"), lambda m: None,
+                             reward_fn=first_half_of_the_alphabet)
     curve = metrics["rl"]["reward_mean"]
     assert np.mean(curve[-3:]) > np.mean(curve[:3]) + 0.25, curve
 

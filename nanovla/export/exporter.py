@@ -14,11 +14,7 @@ import time
 from typing import Callable
 
 from ..runtime.bundle import GRAPH_FILES, GRAPHS, file_entry, weights_digest, write_bundle_json
-from .formats import FORMATS, ExportOptions
-
-
-class ExportError(ValueError):
-    """An export that cannot be done, or whose parity is outside tolerance; one line."""
+from .formats import FORMATS, ExportError, ExportOptions  # noqa: F401 (ExportError re-exported)
 
 
 def _versions() -> dict:

@@ -1,9 +1,13 @@
-"""The one table of export formats, and the export options. Both drive argument validation and
-`nanovla export --help`; nothing else lists formats or options."""
+"""The one table of export formats, the export options and the export's error. The table and the
+options drive argument validation and `nanovla export --help`; nothing else lists formats or options."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+class ExportError(ValueError):
+    """An export that cannot be done, or whose parity is outside tolerance; one line."""
+
 
 # options every format accepts
 COMMON_OPTIONS = ("parity_scenes", "parity_seed", "parity_questions", "allow_drift", "threads")

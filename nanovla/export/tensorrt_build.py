@@ -20,12 +20,7 @@ import time
 
 from ..runtime.bundle import GRAPHS, file_entry
 from ..runtime.gpu import cudart, gpu_name
-
-
-def _error(message: str) -> Exception:
-    from .exporter import ExportError
-
-    return ExportError(message)
+from .formats import ExportError
 
 
 def require_tensorrt():
@@ -33,12 +28,12 @@ def require_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise _error("--to tensorrt needs TensorRT and an NVIDIA GPU: `tensorrt` is not installed here "
+        raise ExportError("--to tensorrt needs TensorRT and an NVIDIA GPU: `tensorrt` is not installed here "
                      "(pip install 'nanovla[tensorrt]' on the GPU machine or robot)") from None
     if cudart() is None:
-        raise _error("--to tensorrt needs cuda-python for device memory (pip install 'nanovla[tensorrt]')")
+        raise ExportError("--to tensorrt needs cuda-python for device memory (pip install 'nanovla[tensorrt]')")
     if gpu_name() is None:
-        raise _error("--to tensorrt needs a CUDA GPU; none is visible here")
+        raise ExportError("--to tensorrt needs a CUDA GPU; none is visible here")
     return trt
 
 
@@ -70,8 +65,8 @@ def build_engine(trt, onnx_path: str, plan_path: str, shapes: dict, fp16: bool, 
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(onnx_path):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise _error(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+        errors = "; ".join(str(parser.getExportError(i)) for i in range(parser.num_errors))
+        raise ExportError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     cache_bytes = b""
@@ -90,12 +85,12 @@ def build_engine(trt, onnx_path: str, plan_path: str, shapes: dict, fp16: bool, 
         if tensor.name in shapes:
             profile.set_shape(tensor.name, *shapes[tensor.name])
         elif any(d < 0 for d in tensor.shape):
-            raise _error(f"{onnx_path}: dynamic input {tensor.name} {tuple(tensor.shape)} has no profile")
+            raise ExportError(f"{onnx_path}: dynamic input {tensor.name} {tuple(tensor.shape)} has no profile")
     config.add_optimization_profile(profile)
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise _error(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
+        raise ExportError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
     with open(plan_path, "wb") as f:
         f.write(serialized)
     with open(cache_path, "wb") as f:

@@ -8,6 +8,7 @@ resident memory, model size on disk, eval accuracy; plus the machine's memory ba
     vision floor      = vision FLOPs / matmul peak (fp32, or int8 for the int8 graph)
 
     python benchmarks/bench_runtime.py --model runs/default/sft [--threads 1] [--frames 50]
+    python benchmarks/bench_runtime.py --cameras 1,2,4     # only: N cameras in one pass (describe_batch)
 
 Bundles are exported on demand into --bundles (fp32, int8, fp16). Each backend runs in its own
 process so its peak resident memory is its own. Prints a table; writes JSON (machine, versions,
@@ -275,6 +276,61 @@ def run_variant(name: str, backend: str, path: str, args, roof: dict, flops: int
     return r
 
 
+def multi_camera(args) -> dict:
+    """N cameras described in one pass (Runtime.describe_batch) with the default backend (auto:
+    the shipped int8 bundle on onnxruntime) or --model, for each N in --cameras and each
+    batch_decode mode, against N describe() calls one after another. A pass's latency is every
+    one of its frames' latency (they come out together); frames/s = N * passes / time."""
+    from nanovla.data.scenes import generate
+    from nanovla.runtime import load_runtime
+
+    runtime = load_runtime(args.model, backend="auto", device=args.device, threads=args.threads)
+    counts = [int(n) for n in args.cameras.split(",")]
+    frames = [generate("eval", args.seed + 7, i)[0] for i in range(max(counts) * (args.passes + args.warmup))]
+    modes = ["one-by-one"] + [m for m in ("auto", "always") if m == "auto" or runtime.backend != "torch"]
+    rows = []
+    for n in counts:
+        for mode in modes:
+            runtime.batch_decode = "auto" if mode == "one-by-one" else mode
+            latencies, equal, total = [], 0, 0
+            for k in range(args.passes + args.warmup):
+                batch = frames[k * n:(k + 1) * n]
+                t0 = time.perf_counter()
+                if mode == "one-by-one":
+                    texts = [runtime.describe(f, max_new_tokens=args.max_new_tokens).text for f in batch]
+                else:
+                    texts = [a.text for a in runtime.describe_batch(batch, max_new_tokens=args.max_new_tokens)]
+                if k >= args.warmup:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    alone = texts if mode == "one-by-one" else \
+                        [runtime.describe(f, max_new_tokens=args.max_new_tokens).text for f in batch]  # not timed
+                    equal += sum(a == b for a, b in zip(texts, alone))
+                    total += n
+            elapsed = sum(latencies) / 1000  # the timed passes only
+            batched = runtime.decodes_rows_together(n) if mode != "one-by-one" and hasattr(
+                runtime, "decodes_rows_together") else False
+            rows.append({"cameras": n, "mode": mode, "decoder_batched": batched,
+                         "frames_per_s": n * len(latencies) / elapsed,
+                         "p50_ms": float(np.percentile(latencies, 50)), "p95_ms": float(np.percentile(latencies, 95)),
+                         "answers_equal_one_by_one": f"{equal}/{total}"})
+    runtime.close()
+    return {"machine": machine(), "versions": versions(), "backend": runtime.backend, "model": runtime.model_path,
+            "settings": {"threads": args.threads, "passes": args.passes, "warmup": args.warmup,
+                         "max_new_tokens": args.max_new_tokens}, "multi_camera": rows}
+
+
+def print_multi_camera(report: dict) -> None:
+    print(f"{report['backend']} {report['model']} ({report['settings']['threads']} thread(s), "
+          f"{report['settings']['passes']} passes per row)")
+    print("| cameras | pass | decoder batched | frames/s | p50 latency (ms) | p95 (ms) | answers = one-by-one |")
+    print("|---|---|---|---|---|---|---|")
+    for r in report["multi_camera"]:
+        label = {"one-by-one": "N describe() calls", "auto": "describe_batch, batch_decode auto",
+                 "always": "describe_batch, batch_decode always"}[r["mode"]]
+        print(f"| {r['cameras']} | {label} | {'yes' if r['decoder_batched'] else 'no'} | {r['frames_per_s']:.1f} | "
+              f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['answers_equal_one_by_one']} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=False, help="checkpoint directory (default: the shipped model)")
@@ -293,7 +349,19 @@ def main(argv=None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-model", help=argparse.SUPPRESS)
     p.add_argument("--provider", default="", help=argparse.SUPPRESS)
+    p.add_argument("--cameras", default="", help="only the multi-camera table: N frames per pass, e.g. 1,2,4 "
+                                                "(default backend, or --model)")
+    p.add_argument("--passes", type=int, default=20, help="--cameras: timed passes per row")
     args = p.parse_args(argv)
+    if args.cameras:
+        report = multi_camera(args)
+        print_multi_camera(report)
+        out = args.out or os.path.join(HERE, "results", f"multi-camera-{platform.node()}.json")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {out}")
+        return 0
     if args.worker:
         print(json.dumps(run_worker(args)))
         return 0

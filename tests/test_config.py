@@ -40,7 +40,8 @@ def test_an_older_config_json_loads_with_the_defaults(tiny_checkpoint, tmp_path)
 
     current, _, _ = load_checkpoint(tiny_checkpoint)
     assert cfg == current.cfg
-    pixels = torch.rand(1, 3, cfg.vision.image_height, cfg.vision.image_width, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(1, 3, cfg.vision.image_height, cfg.vision.image_width, generator=generator)
     with torch.inference_mode():
         assert torch.equal(model.encode_image(pixels), current.encode_image(pixels))
 

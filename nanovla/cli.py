@@ -217,7 +217,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import CheckpointError, read_config, read_metrics
+    from .checkpoint_files import CheckpointError, read_config, read_metrics
     from .runtime.base import resolve_model
 
     path = resolve_model(args.model)

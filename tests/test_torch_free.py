@@ -61,3 +61,12 @@ def test_asking_for_torch_without_it_is_one_line(env):
     result = nanovla(env, "describe", SAMPLE, "--backend", "torch", expect=2)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "backend 'torch' is not available here" in lines[0] and "nanovla[torch]" in lines[0]
+
+
+def test_info_reads_a_checkpoint_and_a_bundle_without_torch(env):
+    from nanovla.paths import default_bundle_dir, default_model_dir
+
+    checkpoint = json.loads(nanovla(env, "info", "--model", default_model_dir()).stdout)
+    assert checkpoint["config"]["model"]["decoder"]["n_layer"] >= 1 and "train_config" in checkpoint["metrics"]
+    bundle = json.loads(nanovla(env, "info", "--model", default_bundle_dir()).stdout)
+    assert bundle["format"].startswith("nanovla-bundle/") and bundle["model"]["image_tokens"] >= 1

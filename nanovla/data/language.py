@@ -12,7 +12,6 @@ import re
 
 import numpy as np
 
-from ..runtime.prompts import DESCRIBE_PROMPT  # noqa: F401 (re-exported; its home is the runtime)
 from .scenes import ALL_PAIRS, COLOR_NAMES, HEIGHT, HELDOUT_PAIRS, KINDS, WIDTH, Scene, SceneObject
 
 QA_TYPES = ("exist", "count", "color", "kind", "left_right", "near_far", "left_of")

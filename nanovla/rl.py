@@ -145,10 +145,16 @@ def plot_curves(history: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a.plot(history["steps"], history["reward_mean"], lw=0.8)
-    a.set(title="reward (mean over the step's samples)", xlabel="step")
-    b.plot(history["steps"], history["kl"], lw=0.8, color="tab:red")
-    b.set(title="KL to the starting model (k3)", xlabel="step")
+    window = max(1, len(history["steps"]) // 20)  # a moving mean over ~5 % of the run over the raw curve
+    for ax, key, colour, title in ((a, "reward_mean", "tab:blue", "reward (mean over the step's samples)"),
+                                   (b, "kl", "tab:red", "KL to the starting model (k3, updated groups)")):
+        values = np.asarray(history[key], dtype=float)
+        ax.plot(history["steps"], values, lw=0.6, color=colour, alpha=0.35)
+        if len(values) >= window > 1:
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(history["steps"][window - 1:], smooth, lw=1.6, color=colour, label=f"mean of {window} steps")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set(title=title, xlabel="step")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

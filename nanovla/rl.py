@@ -12,7 +12,11 @@ Each step, per process:
    k3 estimate of KL(policy || reference), the reference being the frozen `init` checkpoint:
    k3 = exp(ref - logp) - (ref - logp) - 1. Each sequence's tokens are averaged, then the sequences.
 
-With a frozen encoder and the grid resampler the images' pooled features come from the feature
+On data sets from disk (`sources` or a LLaVA/COCO/VQA/GQA/HF `data`) a prompt is a record's first
+question about its image and the reward compares the reply with the record's reference answers
+(nanovla.rewards.reference_reward); captions and question types apply to the tabletop scenes only.
+
+With a frozen encoder and the grid resampler the scenes' pooled features come from the feature
 cache (as in sft); otherwise the encoder runs on the pixels. Several processes (`torchrun`): each
 rank draws its own prompts (groups never span ranks) and the gradients are averaged, weighted by
 each rank's number of sequences. Resumable from `<out>.resume/` like the other stages (weights,
@@ -33,9 +37,11 @@ import torch.distributed as dist
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.dataset import SceneSet
+from .data.formats import record_image
 from .data.language import caption, sample_questions
 from .feature_cache import pooled_feature_cache
 from .rewards import reward
+from .preprocess import ImageError, resize_uint8
 from .runtime.prompts import DESCRIBE_PROMPT
 from .runtime.sampling import sample
 from .tokenizer import Tokenizer
@@ -47,7 +53,7 @@ from .vlm import VisionLanguageModel
 
 @dataclasses.dataclass
 class Rollout:
-    prompt: dict  # {'kind', 'question', 'image_index', 'objects'/'caption' or 'answer', 'type'}
+    prompt: dict  # {'kind', 'type', 'question', 'image_index' or 'image', and what its reward needs}
     ids: list[int]  # the whole sequence: image prefix, question, completion (its end token included)
     n_prompt: int  # ids[:n_prompt] is the prompt
     text: str
@@ -70,6 +76,29 @@ def draw_prompts(data: SceneSet, rng: np.random.Generator, n: int, cfg: TrainCon
         if qs:
             prompts.append({"kind": "qa", "type": qs[0]["type"], "question": qs[0]["question"], "image_index": i,
                             "answer": qs[0]["answer"]})
+    return prompts
+
+
+def draw_reference_prompts(sources: list, rng: np.random.Generator, n: int, height: int, width: int,
+                           skipped: dict) -> list[dict]:
+    """Prompts from data sets on disk [(Source, weight)]: a record's first question about its image,
+    rewarded against its reference answers (VQA: every annotator's). Records without an image or
+    an answer are never drawn; an image that does not decode is skipped and counted in `skipped`."""
+    usable = [[i for i, r in enumerate(s.records) if r.image is not None and len(r.turns) >= 2] for s, _ in sources]
+    weights = np.array([w if idx else 0.0 for (_, w), idx in zip(sources, usable)], dtype=np.float64)
+    if weights.sum() <= 0:
+        raise ValueError("stage rl: no record of the data sets has an image and an answer to reward")
+    prompts: list[dict] = []
+    while len(prompts) < n:
+        k = int(rng.choice(len(sources), p=weights / weights.sum()))
+        record = sources[k][0].records[usable[k][int(rng.integers(len(usable[k])))]]
+        try:
+            image = resize_uint8(record_image(record), height, width)
+        except ImageError:
+            skipped["images"] = skipped.get("images", 0) + 1
+            continue
+        prompts.append({"kind": "reference", "type": sources[k][0].format, "question": record.turns[0]["content"],
+                        "references": record.answers or [record.turns[1]["content"]], "image": image})
     return prompts
 
 
@@ -161,12 +190,14 @@ def plot_curves(history: dict, path: str) -> None:
 
 
 def train_rl_stage(cfg: TrainConfig, model: VisionLanguageModel, tokenizer: Tokenizer, data: SceneSet | None,
-                   device: torch.device, log, rank: int = 0, world: int = 1, reward_fn=None) -> dict:
-    """reward_fn(prompt, text, finished) -> float: `nanovla.rewards.reward` unless a test brings its own."""
+                   device: torch.device, log, rank: int = 0, world: int = 1, reward_fn=None,
+                   sources: list | None = None) -> dict:
+    """Tabletop scenes (`data`, rewarded against their scene graphs) or data sets from disk
+    (`sources`, [(Source, weight)], rewarded against their reference answers).
+    reward_fn(prompt, text, finished) -> float: `nanovla.rewards.reward` unless a test brings its own."""
     reward_fn = reward_fn or reward
-    if data is None:
-        raise ValueError("stage rl rewards answers against scene graphs: it runs on the tabletop scenes or a "
-                         "nanovla data directory, not `sources` data sets")
+    if data is None and not sources:
+        raise ValueError("stage rl needs tabletop scenes, a nanovla data directory or data sets with answers")
     master = rank == 0
     groups = set_trainable(model, cfg)
     if not groups["vision"]:
@@ -174,7 +205,7 @@ def train_rl_stage(cfg: TrainConfig, model: VisionLanguageModel, tokenizer: Toke
     reference, _, _ = load_checkpoint(cfg.init)
     reference.to(device).eval().requires_grad_(False)
     pooled = None
-    if not groups["vision"] and model.projector.poolable:
+    if data is not None and not groups["vision"] and model.projector.poolable:
         if world > 1 and not master:
             dist.barrier()
         pooled = pooled_feature_cache(model, data, cfg.cache_dir, device=device, log=log)
@@ -198,19 +229,28 @@ def train_rl_stage(cfg: TrainConfig, model: VisionLanguageModel, tokenizer: Toke
     log(f"stage rl: training {sum(p.numel() for p in trainable) / 1e6:.2f}M parameters, {cfg.batch_size} prompts x "
         f"{cfg.rl_group} samples per step per process, {world} process(es) on {device}")
 
-    def image_inputs(indices: list[int]) -> dict:
-        """pooled features or pixels of these scenes -> the `pooled`/`pixels` keyword of the model."""
-        if pooled is not None:
-            return {"pooled": torch.from_numpy(np.ascontiguousarray(pooled[indices])).to(device)}
-        pixels = data.images[indices].astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-        return {"pixels": torch.from_numpy(pixels).to(device)}
+    v = model.cfg.vision
+    skipped: dict = {}
 
-    def embeds_of(index: int) -> torch.Tensor:
+    def image_inputs(prompts: list[dict]) -> dict:
+        """The prompts' images as the model's `pooled` (cached scene features) or `pixels` keyword."""
+        if pooled is not None:
+            idx = [p["image_index"] for p in prompts]
+            return {"pooled": torch.from_numpy(np.ascontiguousarray(pooled[idx])).to(device)}
+        images = np.stack([data.images[p["image_index"]] if "image_index" in p else p["image"] for p in prompts])
+        return {"pixels": torch.from_numpy(images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0).to(device)}
+
+    def embeds_of(prompt: dict) -> torch.Tensor:
         with torch.no_grad():
-            inputs = image_inputs([index])
+            inputs = image_inputs([prompt])
             if "pooled" in inputs:
                 return model.projector.from_pooled(inputs["pooled"])
             return model.encode_image(inputs["pixels"])
+
+    def draw(n: int) -> list[dict]:
+        if data is not None:
+            return draw_prompts(data, rng, n, cfg)
+        return draw_reference_prompts(sources, rng, n, v.image_height, v.image_width, skipped)
 
     autocast = autocast_for(cfg, device)
     stop_ids = set(tokenizer.special_ids().values())
@@ -222,8 +262,8 @@ def train_rl_stage(cfg: TrainConfig, model: VisionLanguageModel, tokenizer: Toke
         model.eval()
         rollouts: list[list[Rollout]] = []
         sampled_tokens = 0
-        for prompt in draw_prompts(data, rng, cfg.batch_size, cfg):
-            ids, completions = sample_group(model, tokenizer, embeds_of(prompt["image_index"]), prompt["question"],
+        for prompt in draw(cfg.batch_size):
+            ids, completions = sample_group(model, tokenizer, embeds_of(prompt), prompt["question"],
                                             cfg.rl_group, cfg.rl_max_new_tokens, cfg.rl_temperature, rng)
             group = []
             for c in completions:
@@ -250,7 +290,7 @@ def train_rl_stage(cfg: TrainConfig, model: VisionLanguageModel, tokenizer: Toke
             ids_np, mask_np = pack(chosen, tokenizer.pad_id)
             ids_t, mask_t = torch.from_numpy(ids_np).to(device), torch.from_numpy(mask_np).to(device)
             seq_index = torch.nonzero(mask_t[:, 1:])[:, 0]  # row-major, as token_logprobs orders them
-            inputs = image_inputs([r.prompt["image_index"] for r in chosen])
+            inputs = image_inputs([r.prompt for r in chosen])
             with torch.no_grad(), autocast:
                 ref_logp = reference.token_logprobs(ids_t, mask_t, **inputs)
                 old_logp = model.token_logprobs(ids_t, mask_t, **inputs) if cfg.rl_epochs > 1 else None
@@ -300,6 +340,8 @@ def train_rl_stage(cfg: TrainConfig, model: VisionLanguageModel, tokenizer: Toke
         progress.close()
     metrics: dict = {"stage": "rl", "steps": cfg.steps, "final_loss": loss_value,
                      "train_config": dataclasses.asdict(cfg), "rl": history}
+    if sources:
+        metrics["data"] = {"skipped_images": skipped.get("images", 0)}
     if master:
         model.eval()
         if cfg.eval_scenes or cfg.heldout_scenes:

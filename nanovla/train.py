@@ -142,7 +142,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
                              "not `sources`")
         return linearize_stage(cfg, model, tokenizer, data, device, log)
     if cfg.stage == "rl":
-        metrics = train_rl_stage(cfg, model, tokenizer, data, device, log, rank, world)
+        metrics = train_rl_stage(cfg, model, tokenizer, data, device, log, rank, world, sources=sources)
         if world > 1:
             dist.destroy_process_group()
         return metrics

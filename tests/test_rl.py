@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -197,3 +198,48 @@ def test_rl_stage_refuses_bad_settings(tiny_checkpoint):
         TrainConfig(stage="rl", init=tiny_checkpoint, rl_group=1).validate()
     with pytest.raises(ValueError, match="needs --init"):
         TrainConfig(stage="rl").validate()
+
+
+def test_reference_rewards_use_exact_match_for_short_answers_and_token_f1_for_long_ones():
+    assert rewards.reference_reward("Two", ["2", "two"]) == 1.0
+    assert rewards.reference_reward("two objects", ["two"]) == 0.0  # a short answer must match exactly
+    long = "a red cube next to a blue ball"
+    # articles dropped: "red cube" against "red cube next to blue ball": precision 1, recall 2/6
+    assert rewards.reference_reward("a red cube", [long]) == pytest.approx(2 * 1.0 * (1 / 3) / (1 + 1 / 3))
+    assert rewards.token_f1("", "") == 1.0 and rewards.token_f1("cat", "") == 0.0
+    assert rewards.reward({"kind": "reference", "references": ["yes"]}, "yes", True) == 1.0
+
+
+def test_rl_on_a_data_set_from_disk_rewards_reference_answers(tmp_path, tiny_checkpoint):
+    """VQA records (with every annotator's answer) and a LLaVA file with a missing image: the stage
+    draws only records with an image and an answer, skips the undecodable one, and trains."""
+    from data_helpers import make_llava, make_vqa
+    from nanovla.train import train
+
+    vqa = make_vqa(str(tmp_path / "vqa"), n=4)
+    llava = make_llava(str(tmp_path / "llava"), n=4)
+    with open(tmp_path / "llava" / "images" / os.listdir(tmp_path / "llava" / "images")[0], "wb") as f:
+        f.write(b"not a jpeg")
+    sources = [{"path": vqa, "weight": 1.0}, {"path": llava, "images": str(tmp_path / "llava" / "images")}]
+    out = str(tmp_path / "rl")
+    cfg = _config("", tiny_checkpoint, out, str(tmp_path / "cache"), sources=sources, data="", steps=3,
+                  batch_size=4, rl_max_new_tokens=4)
+    seen = []
+    import nanovla.rl as rl_module
+
+    def spy(prompt, text, finished):
+        seen.append(prompt)
+        return rewards.reward(prompt, text, finished)
+
+    original = rl_module.reward
+    rl_module.reward = spy
+    try:
+        train(cfg, log=lambda m: None)
+    finally:
+        rl_module.reward = original
+    assert {p["kind"] for p in seen} == {"reference"} and {p["type"] for p in seen} <= {"vqa", "llava"}
+    assert all(p["image"].shape == (64, 96, 3) for p in seen)
+    vqa_refs = [p["references"] for p in seen if p["type"] == "vqa"]
+    assert vqa_refs and all(len(r) == 10 for r in vqa_refs)  # every annotator's answer
+    metrics = json.load(open(f"{out}/metrics.json"))
+    assert metrics["rl"]["steps"] == [1, 2, 3] and metrics["data"]["skipped_images"] >= 1

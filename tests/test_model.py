@@ -1,11 +1,9 @@
-import numpy as np
 import pytest
 import torch
 
-from tiny_models import build_tiny_model, tiny_model_config
+from tiny_models import build_tiny_model
 from nanovla.engine import Engine, SamplingConfig
 from nanovla.runtime.prompts import DESCRIBE_PROMPT
-from nanovla.vlm import VisionLanguageModel
 
 
 def sharpen(model):

@@ -12,7 +12,7 @@ import pytest
 from serve_helpers import chat_body, png_data_url
 
 from nanovla.runtime.prompts import DESCRIBE_PROMPT
-from nanovla.runtime.base import Answer, Runtime
+from nanovla.runtime.base import Runtime
 from nanovla.serve.chat import ApiError, parse_chat_request, parse_data_url
 from nanovla.serve.worker import Job, ModelWorker, QueueFull, decode_checked, image_key
 

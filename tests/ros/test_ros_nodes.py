@@ -103,7 +103,6 @@ class Harness:
         return self.client.call(client, request, timeout)
 
     def set_param(self, name: str, value):
-        from rcl_interfaces.msg import Parameter
         from rclpy.parameter import Parameter as P
         from rcl_interfaces.srv import SetParameters
 

@@ -125,3 +125,16 @@ def test_eval_cli_with_onnxruntime(bundle, tmp_path, capsys):
     assert code == 0
     metrics = json.loads(out)
     assert metrics["backend"] == "onnxruntime" and metrics["images"] == 2 and metrics["questions"] == 4
+
+
+def test_default_cpu_threads_is_one_on_a_two_cpu_machine(monkeypatch):
+    """On <= 2 logical CPUs a second intra-op thread makes describe ~3x slower (README), so the
+    default is 1 there; elsewhere (and for GPU providers) onnxruntime's own default."""
+    import nanovla.runtime.ort_backend as ort_backend
+    from nanovla.paths import default_bundle_dir
+
+    assert ort_backend.default_cpu_threads("cpu", 2) == 1 and ort_backend.default_cpu_threads("cpu", 1) == 1
+    assert ort_backend.default_cpu_threads("cpu", 16) is None and ort_backend.default_cpu_threads("cuda", 2) is None
+    monkeypatch.setattr(ort_backend.os, "cpu_count", lambda: 2)
+    assert ort_backend.OnnxRuntime(default_bundle_dir()).threads == 1
+    assert ort_backend.OnnxRuntime(default_bundle_dir(), threads=2).threads == 2  # asked for: kept

@@ -41,6 +41,14 @@ class OrtImageContext:
     meta: dict = field(default_factory=dict)
 
 
+def default_cpu_threads(provider: str, cpus: int | None = None) -> int | None:
+    """Intra-op threads when none are asked for: 1 on a machine with at most 2 logical CPUs, else
+    onnxruntime's own default (None). Measured on a 2-vCPU AMD EPYC, describe p50 of the shipped
+    int8 bundle: 1 thread 25.7 ms, 2 threads 76.7 ms, onnxruntime's default 39.8 ms (README)."""
+    cpus = os.cpu_count() if cpus is None else cpus
+    return 1 if provider == "cpu" and (cpus or 1) <= 2 else None
+
+
 class OnnxRuntime(Runtime):
     backend = "onnxruntime"
 
@@ -72,6 +80,7 @@ class OnnxRuntime(Runtime):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
+        threads = threads or default_cpu_threads(provider_key)
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3

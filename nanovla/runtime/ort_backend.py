@@ -150,7 +150,6 @@ class OnnxRuntime(Runtime):
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.max_len}")
         budget = min(max_new_tokens, self.max_len - start - len(prompt))
         capacity = start + len(prompt) + budget
-        session = self.sessions["decode"]
         # the preallocated cache; zeros, because masked positions still meet 0 * value in the graph
         buffers = [np.zeros((1, self.n_kv_head, capacity, self.head_dim), dtype=self.kv_dtype)
                    for _ in range(2 * self.n_layer)]
@@ -166,25 +165,12 @@ class OnnxRuntime(Runtime):
                 buf[:, :, :start] = prefix_kv
         # every input and output bound once to preallocated arrays; a step writes the token and
         # its position into the bound arrays, runs, and copies the one new position into the cache
-        step_ids = np.zeros((1, 1), dtype=np.int32)
-        step_pos = np.zeros((1,), dtype=np.int32)
-        step_logits = np.zeros((1, self.bundle["model"]["vocab_size"]), dtype=np.float32)
-        step_new = [np.zeros((1, self.n_kv_head, 1, self.head_dim), dtype=self.kv_dtype) for _ in buffers]
-        binding = session.io_binding()
-        keep = []  # OrtValues must outlive the binding
-        for name, array in [("input_ids", step_ids), ("past_length", step_pos), *zip(self.past_names, buffers)]:
-            value = self.ort.OrtValue.ortvalue_from_numpy(array)
-            keep.append(value)
-            binding.bind_ortvalue_input(name, value)
-        for name, array in [("logits", step_logits), *zip(self.new_names, step_new)]:
-            value = self.ort.OrtValue.ortvalue_from_numpy(array)
-            keep.append(value)
-            binding.bind_ortvalue_output(name, value)
+        run, step_ids, step_pos, step_logits, step_new, _keep = self._decode_binding(buffers, 1)
 
         def step(token: int, pos: int) -> np.ndarray:
             step_ids[0, 0] = token
             step_pos[0] = pos
-            session.run_with_iobinding(binding)
+            run()
             for buf, new in zip(buffers, step_new):
                 buf[:, :, pos] = new[:, :, 0]
             return step_logits[0]

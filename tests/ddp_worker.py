@@ -1,6 +1,7 @@
 """Run one training stage from a JSON TrainConfig and record every step's loss (rank 0) —
 started directly (one process) or by torchrun (several) by tests/test_ddp.py."""
 
+import contextlib
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     import nanovla.train as train_module
+    from train_helpers import killed_at
 
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -24,20 +26,15 @@ def main() -> None:
         return original(self, step, loss, tokens, flops, peak_flops, **kw)
 
     train_module.Progress.update = record
-    if spec.get("crash_at") is not None:  # a killed run: every rank stops at the same step
-        original_lr = train_module.lr_factor
-
-        def crash(step, cfg):
-            if step == spec["crash_at"]:
-                raise SystemExit(3)
-            return original_lr(step, cfg)
-
-        train_module.lr_factor = crash
     if spec.get("toy_reward"):  # stage rl: a reward a random tiny model can earn (1 for a reply starting a-m)
         import nanovla.rl
 
         nanovla.rl.reward = lambda prompt, text, finished: float(bool(text) and "a" <= text[0].lower() <= "m")
-    train_module.train(train_module.TrainConfig(**spec["config"]))
+    killed = contextlib.nullcontext()
+    if spec.get("crash_at") is not None:  # a killed run: every rank stops at the same step
+        killed = killed_at(train_module, spec["crash_at"], SystemExit(3))
+    with killed:
+        train_module.train(train_module.TrainConfig(**spec["config"]))
     if int(os.environ.get("RANK", "0")) == 0:
         with open(spec["losses"], "w") as f:
             json.dump(losses, f)

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from data_helpers import make_llava, make_vqa
+from train_helpers import killed_at
 
 torch = pytest.importorskip("torch")
 
@@ -81,26 +82,17 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_checkpoint, 
     assert abs(big["final_loss"] - accum["final_loss"]) <= TOLERANCE * max(1.0, big["final_loss"])
 
 
-def test_killed_run_resumes_exactly(tmp_path, tiny_checkpoint, sources, monkeypatch):
+def test_killed_run_resumes_exactly(tmp_path, tiny_checkpoint, sources):
     import nanovla.train as train_module
     from nanovla.checkpoint import load_checkpoint
 
     config = _config(tiny_checkpoint, sources, str(tmp_path / "straight"), steps=5, save_every=2, batch_size=3)
     train_module.train(train_module.TrainConfig(**config), log=lambda m: None)
     config["out"] = str(tmp_path / "killed")
-    original = train_module.lr_factor
-
-    def crash(step, cfg):
-        if step == 3:
-            raise KeyboardInterrupt("killed")
-        return original(step, cfg)
-
-    monkeypatch.setattr(train_module, "lr_factor", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(train_module, 3), pytest.raises(KeyboardInterrupt):
         train_module.train(train_module.TrainConfig(**config), log=lambda m: None)
     state = json.loads((tmp_path / "killed.resume" / "state.json").read_text())
     assert state["step"] == 2 and state["data"]["cursors"]
-    monkeypatch.setattr(train_module, "lr_factor", original)
     train_module.train(train_module.TrainConfig(**config), log=lambda m: None)
     a, _, _ = load_checkpoint(str(tmp_path / "straight"))
     b, _, _ = load_checkpoint(str(tmp_path / "killed"))

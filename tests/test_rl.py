@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from data_helpers import generate_scene_dir
+from train_helpers import killed_at
 from nanovla import rewards
 from nanovla.rl import group_advantages, grpo_loss, pack, sample_group, train_rl_stage, Rollout
 
@@ -166,19 +167,10 @@ def test_killed_rl_stage_resumes_exactly(tmp_path, scene_dir, tiny_checkpoint, m
     monkeypatch.setattr(rl_module, "reward", first_half_of_the_alphabet)  # a reward the random model can earn
     train(_config(scene_dir, tiny_checkpoint, str(tmp_path / "straight"), cache, steps=5, save_every=2),
           log=lambda m: None)
-    original = rl_module.lr_factor
-
-    def crash(step, cfg):
-        if step == 3:
-            raise KeyboardInterrupt("killed")
-        return original(step, cfg)
-
-    monkeypatch.setattr(rl_module, "lr_factor", crash)
     cfg = _config(scene_dir, tiny_checkpoint, str(tmp_path / "killed"), cache, steps=5, save_every=2)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(rl_module, 3), pytest.raises(KeyboardInterrupt):
         train(cfg, log=lambda m: None)
     assert (tmp_path / "killed.resume" / "state.json").is_file()
-    monkeypatch.setattr(rl_module, "lr_factor", original)
     train(cfg, log=lambda m: None)
     a, _, _ = load_checkpoint(str(tmp_path / "straight"))
     b, _, _ = load_checkpoint(str(tmp_path / "killed"))

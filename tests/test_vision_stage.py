@@ -10,6 +10,7 @@ import torch
 from nanovla.data.scenes import COLOR_NAMES, KINDS, Scene, SceneObject
 from nanovla.vision_stage import dense_targets
 from tiny_models import tiny_model_config
+from train_helpers import killed_at
 
 
 def _obj(kind, color, bbox):
@@ -78,7 +79,7 @@ def test_vision_stage_learns_the_cells_and_the_text_stage_starts_from_it(tmp_pat
     assert any(not torch.equal(a, b) for a, b in zip(vision.decoder.parameters(), text.decoder.parameters()))
 
 
-def test_killed_vision_stage_resumes_exactly(tmp_path, scene_dir, monkeypatch):
+def test_killed_vision_stage_resumes_exactly(tmp_path, scene_dir):
     import nanovla.train as train_module
     from nanovla.checkpoint import load_checkpoint
 
@@ -87,20 +88,11 @@ def test_killed_vision_stage_resumes_exactly(tmp_path, scene_dir, monkeypatch):
                        log=lambda m: None)
     import nanovla.vision_stage as vision_module
 
-    original = vision_module.lr_factor
-
-    def crash(step, cfg):
-        if step == 3:
-            raise KeyboardInterrupt("killed")
-        return original(step, cfg)
-
-    monkeypatch.setattr(vision_module, "lr_factor", crash)
     torch.manual_seed(0)
     cfg = _config(scene_dir, str(tmp_path / "killed"), steps=5, save_every=2)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at(vision_module, 3), pytest.raises(KeyboardInterrupt):
         train_module.train(cfg, tiny_model_config(), log=lambda m: None)
     assert (tmp_path / "killed.resume" / "heads.safetensors").is_file()
-    monkeypatch.setattr(vision_module, "lr_factor", original)
     torch.manual_seed(0)
     train_module.train(cfg, tiny_model_config(), log=lambda m: None)
     a, _, _ = load_checkpoint(str(tmp_path / "straight"))

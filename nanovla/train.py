@@ -57,7 +57,6 @@ from .scale import (
     plain_copy,
     wrap_distributed,
 )
-from .token_heads import TokenHeads, grid_targets
 from .tokenizer import Tokenizer
 from .train_common import (Progress, autocast_for, build_optimizer, evaluate_model, load_resume_state, lr_factor,
                            save_resume_state, set_trainable, setup_distributed)
@@ -218,30 +217,20 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
         if world > 1 and master:
             dist.barrier()
 
-    heads = None
-    if cfg.token_aux > 0:
-        if pooled is None:
-            raise ValueError("token_aux needs the tabletop scenes and a frozen encoder (pooled features)")
-        heads = TokenHeads(model_cfg.decoder.n_embd).to(device)
-        opt.add_param_group({"params": list(heads.parameters()), "lr": 10 * cfg.lr, "base_lr": 10 * cfg.lr,
-                           "weight_decay": 0.0})  # fresh heads: 10x the rate
-        kind_t, colour_t = grid_targets(data.scenes, *model_cfg.projector.grid)
-    aux_sum, aux_n = 0.0, 0
-
     def micro_batches(step: int) -> list:
         if pooled is not None:  # (ids, mask, None, pooled features in placeholder order)
             out = []
             for _ in range(cfg.grad_accum):
                 ids, mask, idx = mixture.batch_rows(cfg.batch_size, tokenizer.pad_id)
-                out.append((ids, mask, None, None if idx is None else np.ascontiguousarray(pooled[idx]), idx))
+                out.append((ids, mask, None, None if idx is None else np.ascontiguousarray(pooled[idx])))
             return out
         if sources is None:
-            return [(*mixture.batch(cfg.batch_size, tokenizer.pad_id), None, None) for _ in range(cfg.grad_accum)]
+            return [(*mixture.batch(cfg.batch_size, tokenizer.pad_id), None) for _ in range(cfg.grad_accum)]
         rows = mixture.plan(step, cfg.batch_size * world * cfg.grad_accum)
         out = []
         for m in range(cfg.grad_accum):
             first = (m * world + rank) * cfg.batch_size
-            out.append((*mixture.materialize(rows[first: first + cfg.batch_size], tokenizer.pad_id), None, None))
+            out.append((*mixture.materialize(rows[first: first + cfg.batch_size], tokenizer.pad_id), None))
         return out
 
     def data_position() -> dict:
@@ -261,13 +250,13 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
         batches = micro_batches(step)
-        counts = torch.tensor([float(m[:, 1:].sum()) for _, m, *_ in batches])  # supervised targets per micro-batch
+        counts = torch.tensor([float(m[:, 1:].sum()) for _, m, _, _ in batches])  # supervised targets per micro-batch
         total = counts.sum().clone()
         if world > 1:
             dist.all_reduce(total)
         opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
-        for m, (ids, mask, pixels, features, idx) in enumerate(batches):
+        for m, (ids, mask, pixels, features) in enumerate(batches):
             ids_t = torch.from_numpy(ids).to(device)
             mask_t = torch.from_numpy(mask).to(device)
             pix_t = torch.from_numpy(pixels).to(device) if (pixels is not None and image_tokens) else None
@@ -283,11 +272,6 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
                 else:
                     with autocast:
                         micro_mean = ddp_model(ids_t, mask_t, pix_t, feat_t)
-                        if heads is not None and idx is not None:
-                            aux = heads.loss(model.projector.from_pooled(feat_t), kind_t[idx].to(device),
-                                             colour_t[idx].to(device))
-                            aux_sum, aux_n = aux_sum + float(aux.detach()), aux_n + 1
-                            micro_mean = micro_mean + cfg.token_aux * aux - (cfg.token_aux * aux).detach()
                     # token-weighted: sum over tokens / global token count (x world: DDP averages)
                     loss = micro_mean * (counts[m] * world / total) if token_weighted else micro_mean
                 loss.backward()
@@ -306,9 +290,6 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
             raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the learning rate")
         if master and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             progress.update(step, loss_value, tokens_since_log, flops_since_log, peak)
-            if heads is not None:
-                log(f"token heads loss {aux_sum / (step % cfg.log_every + 1):.3f}")
-                aux_sum, aux_n = 0.0, 0
             tokens_since_log, flops_since_log = 0, 0.0
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             full = full_state(model, cfg, world)  # FSDP: collective on every rank

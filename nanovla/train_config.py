@@ -35,7 +35,6 @@ class TrainConfig:
     qa_turns: int = 4  # questions per image in a qa example (1..qa_turns)
     qa_type_weights: dict = field(default_factory=dict)  # e.g. {near_far = 4}: draw that question type 4x as often
     fit_scenes: int = 2000  # stage linearize: training scenes whose image tokens the linear projector is fitted on
-    token_aux: float = 0.0  # weight of the image tokens' kind/colour heads (token_heads.py); tabletop scenes, frozen encoder
     text_all_pairs: bool = False  # text-only turns name any (colour, kind) pair, held-out ones too (no image shows them)
     data: str = ""  # a data.jsonl directory; "" = the procedural tabletop scenes
     num_scenes: int = 40000  # tabletop scenes rendered for training

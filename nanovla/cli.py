@@ -92,7 +92,7 @@ def cmd_describe(args) -> int:
 
 def cmd_ask(args) -> int:
     from .preprocess import load_image
-    from .tokenizer import check_question
+    from .model.tokenizer import check_question
 
     if args.questions:
         if args.image or args.question:
@@ -113,7 +113,7 @@ def cmd_ask(args) -> int:
 
 def _ask_batch(args) -> int:
     from .preprocess import ImageError, load_image
-    from .tokenizer import check_question
+    from .model.tokenizer import check_question
 
     if not os.path.isfile(args.questions):
         raise CLIError(f"{args.questions}: no such file")
@@ -201,7 +201,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import ModelConfig
+    from .model.config import ModelConfig
     from .train import train
 
     if args.recipe:
@@ -217,7 +217,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoint_files import CheckpointError, read_config, read_metrics
+    from .model.checkpoint_files import CheckpointError, read_config, read_metrics
     from .runtime.base import resolve_model
 
     path = resolve_model(args.model)
@@ -235,8 +235,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .paths import default_model_dir
+    from .model.checkpoint import load_checkpoint
+    from .model.paths import default_model_dir
     from .probe import format_table, probe
 
     if args.scenes < 10:

@@ -22,7 +22,7 @@ def _log(msg: str) -> None:
 
 
 def cmd_init(args) -> int:
-    from .pretrained import init_checkpoint
+    from .model.pretrained import init_checkpoint
 
     size = None
     if args.image_size:
@@ -39,9 +39,9 @@ def cmd_init(args) -> int:
 
 def raw_generate(model_path: str, text: str, max_new_tokens: int, device: str = "cpu") -> dict:
     """Greedy plain continuation of `text` (no chat template): {"text", "token_ids", ...}."""
-    from .checkpoint import load_checkpoint
+    from .model.checkpoint import load_checkpoint
     from .engine import Engine, SamplingConfig
-    from .hf_decoder import PROVENANCE_FILE
+    from .model.decoder_hf import PROVENANCE_FILE
     from .runtime.base import resolve_model
 
     path = resolve_model(model_path)
@@ -74,8 +74,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export_hf(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .hf_decoder import PROVENANCE_FILE, export_hf
+    from .model.checkpoint import load_checkpoint
+    from .model.decoder_hf import PROVENANCE_FILE, export_hf
 
     model, tokenizer, _ = load_checkpoint(args.model)
     base = None

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .gpt import KVCache
+from .model.decoder import KVCache
 from .runtime.base import StreamCallback, decode_loop
 from .runtime.sampling import Sampler, SamplingConfig
-from .tokenizer import Tokenizer, check_question
-from .vlm import VisionLanguageModel
+from .model.tokenizer import Tokenizer, check_question
+from .model.vlm import VisionLanguageModel
 
 
 @dataclass

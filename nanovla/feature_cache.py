@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .data.dataset import SceneSet
-from .vlm import VisionLanguageModel
+from .model.vlm import VisionLanguageModel
 
 
 def _digest(model: VisionLanguageModel, data: SceneSet) -> str:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .model.checkpoint import load_checkpoint, save_checkpoint
 from .data.dataset import SceneSet
 from .data.formats import record_image
 from .data.language import caption, sample_questions
@@ -44,11 +44,11 @@ from .rewards import reward
 from .preprocess import ImageError, resize_uint8
 from .runtime.prompts import DESCRIBE_PROMPT
 from .runtime.sampling import sample
-from .tokenizer import Tokenizer
+from .model.tokenizer import Tokenizer
 from .train_common import (Progress, autocast_for, build_optimizer, evaluate_model, load_resume_state,
                            lr_factor, save_resume_state, set_trainable)
 from .train_config import TrainConfig
-from .vlm import VisionLanguageModel
+from .model.vlm import VisionLanguageModel
 
 
 @dataclasses.dataclass

@@ -19,12 +19,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_directory_write, save_checkpoint
+from .model.checkpoint import atomic_directory_write, save_checkpoint
 from .evaluate import evaluate, generated_rows
 from .runtime.torch_backend import TorchRuntime
-from .tokenizer import Tokenizer
+from .model.tokenizer import Tokenizer
 from .train_config import TrainConfig
-from .vlm import VisionLanguageModel
+from .model.vlm import VisionLanguageModel
 
 
 def autocast_for(cfg: TrainConfig, device: torch.device):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_directory_write, load_checkpoint, save_checkpoint
+from .model.checkpoint import atomic_directory_write, load_checkpoint, save_checkpoint
 from .data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, Scene, generate
 from .preprocess import resize_uint8
 from .train_common import Progress, adam_state_tensors, load_adam_state_tensors, lr_factor

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tiny_models import build_tiny_model
-from nanovla.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nanovla.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nanovla.cli import main
 
 

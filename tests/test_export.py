@@ -46,7 +46,7 @@ def int8_bundle(checkpoint, tmp_path_factory):
 
 
 def _load(checkpoint):
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
 
     model, tok, _ = load_checkpoint(checkpoint)
     return model, tok

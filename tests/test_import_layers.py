@@ -12,8 +12,8 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nanovla")
 TORCH = ("torch", "torchvision", "ultralytics", "safetensors.torch")
 # modules a bundle-only install runs (describe / ask / eval / data generate / the ROS describer)
-TORCH_FREE = ["checkpoint_files.py", "cli.py", "cli_common.py", "cli_hf.py", "train_config.py", "serve", "evaluate.py", "evaluate_formats.py",
-              "paths.py", "preprocess.py", "tokenizer.py",
+TORCH_FREE = ["model/checkpoint_files.py", "cli.py", "cli_common.py", "cli_hf.py", "train_config.py", "serve", "evaluate.py", "evaluate_formats.py",
+              "model/config.py", "model/paths.py", "preprocess.py", "model/tokenizer.py",
               "data", "runtime"]
 TORCH_ALLOWED = {"runtime/torch_backend.py"}
 
@@ -51,8 +51,8 @@ def imports(relpath: str, top_level_only: bool) -> list[tuple[int, str]]:
 
 def test_the_walk_sees_relative_and_nested_imports():
     assert (16, "nanovla.runtime.bundle") in imports("export/exporter.py", top_level_only=True)
-    assert any(m == "nanovla.checkpoint" for _, m in imports("export/exporter.py", top_level_only=False))
-    assert not any(m == "nanovla.checkpoint" for _, m in imports("export/exporter.py", top_level_only=True))
+    assert any(m == "nanovla.model.checkpoint" for _, m in imports("export/exporter.py", top_level_only=False))
+    assert not any(m == "nanovla.model.checkpoint" for _, m in imports("export/exporter.py", top_level_only=True))
 
 
 @pytest.mark.parametrize("relpath", modules("runtime"))
@@ -91,7 +91,7 @@ def test_bundle_paths_import_no_torch_at_module_level(relpath):
         pytest.skip("the torch backend itself")
     bad = [(line, m) for line, m in imports(relpath, top_level_only=True)
            if any(m == t or m.startswith(t + ".") for t in TORCH)
-           or m in ("nanovla.checkpoint", "nanovla.engine", "nanovla.vlm", "nanovla.train")]
+           or m in ("nanovla.model.checkpoint", "nanovla.engine", "nanovla.model.vlm", "nanovla.train")]
     assert not bad, f"nanovla/{relpath} imports PyTorch (or a torch module) at module level: {bad}"
 
 

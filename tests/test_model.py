@@ -30,8 +30,8 @@ def test_perceiver_resampler_token_count():
 
 
 def test_sincos_positions_tell_the_grid_cells_apart():
-    from nanovla.config import ProjectorConfig
-    from nanovla.projector import Projector
+    from nanovla.model.config import ProjectorConfig
+    from nanovla.model.projector import Projector
 
     same = [torch.ones(1, 4, 4, 6), torch.ones(1, 8, 2, 3)]  # one feature everywhere, two levels
     codes = {}
@@ -49,7 +49,7 @@ def test_sincos_positions_tell_the_grid_cells_apart():
 
 
 def test_sincos_positions_need_the_grid_resampler():
-    from nanovla.config import ModelConfig, ProjectorConfig
+    from nanovla.model.config import ModelConfig, ProjectorConfig
 
     with pytest.raises(ValueError, match="sincos"):
         ModelConfig(projector=ProjectorConfig(resampler="perceiver", positions="sincos")).validate()

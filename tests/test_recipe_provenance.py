@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 
-from nanovla.paths import default_model_dir
+from nanovla.model.paths import default_model_dir
 from nanovla.recipe import load_recipe
 from nanovla.train import TrainConfig
 

@@ -67,7 +67,7 @@ def test_group_advantages_are_standardised_within_each_group():
 
 
 def test_kl_is_exactly_zero_when_the_policy_is_the_reference(tiny_checkpoint):
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
 
     model, tok, _ = load_checkpoint(tiny_checkpoint)
     reference, _, _ = load_checkpoint(tiny_checkpoint)
@@ -89,7 +89,7 @@ def test_kl_is_exactly_zero_when_the_policy_is_the_reference(tiny_checkpoint):
 def test_sampled_groups_follow_the_cached_decoder(tiny_checkpoint):
     """Each sampled completion's tokens are what the uncached model would give the same draws:
     greedy sampling (a tiny temperature) of every row equals the engine's greedy answer."""
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
     from nanovla.engine import Engine
 
     model, tok, _ = load_checkpoint(tiny_checkpoint)
@@ -128,7 +128,7 @@ def first_half_of_the_alphabet(prompt, text, finished):
 def test_reward_rises_on_a_toy_task(tmp_path, scene_dir, tiny_checkpoint):
     """A verifiable toy reward (1 when the sample's text starts with a letter a-m): a tiny random
     model's mean reward rises within a few GRPO steps."""
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
     from nanovla.data.dataset import load_data_dir
 
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def test_rl_stage_writes_curves_and_a_loadable_checkpoint(tmp_path, scene_dir, t
 
 def test_killed_rl_stage_resumes_exactly(tmp_path, scene_dir, tiny_checkpoint, monkeypatch):
     import nanovla.rl as rl_module
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
     from nanovla.train import train
 
     cache = str(tmp_path / "cache")

@@ -201,7 +201,7 @@ def test_the_torch_engine_draws_from_the_one_sampler(forced_sampler):
 
 
 def test_the_onnxruntime_backend_draws_from_the_one_sampler(forced_sampler):
-    from nanovla.paths import default_bundle_dir
+    from nanovla.model.paths import default_bundle_dir
     from nanovla.runtime import load_runtime
 
     runtime = load_runtime(default_bundle_dir(), backend="onnxruntime", threads=1)

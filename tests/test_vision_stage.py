@@ -58,7 +58,7 @@ def _config(scene_dir, out, **kw):
 
 
 def test_vision_stage_learns_the_cells_and_the_text_stage_starts_from_it(tmp_path, scene_dir):
-    from nanovla.checkpoint import load_checkpoint, read_metrics
+    from nanovla.model.checkpoint import load_checkpoint, read_metrics
     from nanovla.train import train
 
     torch.manual_seed(0)
@@ -81,7 +81,7 @@ def test_vision_stage_learns_the_cells_and_the_text_stage_starts_from_it(tmp_pat
 
 def test_killed_vision_stage_resumes_exactly(tmp_path, scene_dir):
     import nanovla.train as train_module
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
 
     torch.manual_seed(0)
     train_module.train(_config(scene_dir, str(tmp_path / "straight"), steps=5, save_every=2), tiny_model_config(),

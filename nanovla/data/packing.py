@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..preprocess import ImageError, resize_uint8
-from ..tokenizer import Tokenizer
+from ..model.tokenizer import Tokenizer
 from .formats import Record, Source, record_image
 
 

@@ -61,7 +61,7 @@ def _shown(name: str) -> str:
 def _source_name(checkpoint: str) -> str:
     """The checkpoint as bundle.json records it: a model inside the installed package (the shipped
     default) as "nanovla/..." so the shipped bundle does not carry the exporting machine's path."""
-    from ..paths import PACKAGE_DIR
+    from ..model.paths import PACKAGE_DIR
 
     path = os.path.abspath(checkpoint)
     if os.path.commonpath([path, PACKAGE_DIR]) == PACKAGE_DIR:
@@ -85,7 +85,7 @@ def _size(path: str) -> str:
 def export_bundle(checkpoint: str, to: str, out: str, options: ExportOptions | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """Export `checkpoint` as format `to` into the bundle directory `out`; returns bundle.json."""
-    from ..checkpoint import CheckpointError, atomic_directory_write, load_checkpoint
+    from ..model.checkpoint import CheckpointError, atomic_directory_write, load_checkpoint
 
     if to not in FORMATS:
         raise ExportError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
@@ -114,7 +114,7 @@ def export_bundle(checkpoint: str, to: str, out: str, options: ExportOptions | N
 def _write_bundle(model, tokenizer, checkpoint, fmt, options: ExportOptions, tmp: str, log) -> dict:
     from ..engine import Engine
     from ..runtime.ort_backend import OnnxRuntime
-    from ..tokenizer import tokenizer_fingerprint
+    from ..model.tokenizer import tokenizer_fingerprint
     from . import graphs, parity, quantize
 
     cfg = model.cfg

@@ -126,7 +126,7 @@ class Runtime(ABC):
     def generate(self, context: Any, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  on_token: StreamCallback | None = None) -> Answer:
-        from ..tokenizer import check_question
+        from ..model.tokenizer import check_question
 
         question = check_question(question)
         t0 = time.perf_counter()
@@ -199,7 +199,7 @@ class Runtime(ABC):
 
 
 def resolve_model(model: str | None) -> str:
-    from ..paths import default_model_dir
+    from ..model.paths import default_model_dir
 
     path = model or default_model_dir()
     if not os.path.isdir(path):
@@ -223,7 +223,7 @@ def choose_backend(model: str | None, backend: str = "auto") -> tuple[str, str]:
     runs the shipped bundle with onnxruntime where the bundle is shipped and onnxruntime imports,
     else the shipped checkpoint with torch. (A checkpoint's bundle is never looked for beside it:
     which weights run is what --model names.)"""
-    from ..paths import default_bundle_dir, default_model_dir
+    from ..model.paths import default_bundle_dir, default_model_dir
     from .bundle import is_bundle
 
     if backend not in BACKEND_CHOICES:

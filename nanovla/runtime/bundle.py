@@ -104,7 +104,7 @@ def read_bundle(path: str, check_digests: bool = True) -> dict:
 
 
 def check_tokenizer(path: str, data: dict) -> None:
-    from ..tokenizer import Tokenizer, tokenizer_fingerprint
+    from ..model.tokenizer import Tokenizer, tokenizer_fingerprint
 
     file = os.path.join(path, data["tokenizer"]["file"])
     try:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .bundle import BundleError, read_bundle
 from ..preprocess import preprocess
-from ..tokenizer import Tokenizer
+from ..model.tokenizer import Tokenizer
 from .base import Runtime, RuntimeError_, decode_loop
 from .sampling import Sampler, SamplingConfig
 

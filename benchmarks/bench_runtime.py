@@ -145,7 +145,7 @@ def run_worker(args) -> dict:
     from nanovla.runtime.prompts import DESCRIBE_PROMPT
     from nanovla.data.scenes import generate
     from nanovla.evaluate import evaluate, generated_rows
-    from nanovla.preprocess import preprocess
+    from nanovla.runtime.preprocess import preprocess
     from nanovla.runtime import load_runtime
 
     backend, path = args.worker, args.worker_model

@@ -71,7 +71,7 @@ def _sampling(args) -> dict:
 
 
 def cmd_describe(args) -> int:
-    from .preprocess import ImageError, load_image
+    from .runtime.preprocess import ImageError, load_image
 
     runtime = load_runtime_from_args(args)
     failures = 0
@@ -91,7 +91,7 @@ def cmd_describe(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .preprocess import load_image
+    from .runtime.preprocess import load_image
     from .model.tokenizer import check_question
 
     if args.questions:
@@ -112,7 +112,7 @@ def cmd_ask(args) -> int:
 
 
 def _ask_batch(args) -> int:
-    from .preprocess import ImageError, load_image
+    from .runtime.preprocess import ImageError, load_image
     from .model.tokenizer import check_question
 
     if not os.path.isfile(args.questions):
@@ -158,7 +158,7 @@ def _ask_batch(args) -> int:
 
 def cmd_eval(args) -> int:
     from .evaluate import evaluate
-    from .preprocess import ImageError, load_image
+    from .runtime.preprocess import ImageError, load_image
 
     path = os.path.join(args.data, "data.jsonl")
     try:  # LLaVA/COCO/VQA/GQA/HF data sets and rosbag frames are scored by cli_hf

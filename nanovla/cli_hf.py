@@ -40,7 +40,7 @@ def cmd_init(args) -> int:
 def raw_generate(model_path: str, text: str, max_new_tokens: int, device: str = "cpu") -> dict:
     """Greedy plain continuation of `text` (no chat template): {"text", "token_ids", ...}."""
     from .model.checkpoint import load_checkpoint
-    from .engine import Engine, SamplingConfig
+    from .runtime.engine import Engine, SamplingConfig
     from .model.decoder_hf import PROVENANCE_FILE
     from .runtime.base import resolve_model
 

@@ -20,7 +20,7 @@ from collections import Counter
 import numpy as np
 
 from .data.formats import Source, record_image
-from .preprocess import ImageError
+from .runtime.preprocess import ImageError
 from .runtime.prompts import DESCRIBE_PROMPT
 
 # ----------------------------------------------------------------------------- VQAv2 normalisation

@@ -19,7 +19,7 @@ import torch
 from .data.language import MARGIN_X, MARGIN_Y
 from .data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, generate
 from .evaluate import evaluate, generated_rows
-from .preprocess import resize_uint8
+from .runtime.preprocess import resize_uint8
 
 # (row label, how the probe is scored, the question type whose answers need it; "" for none)
 ROWS = (

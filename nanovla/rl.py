@@ -41,7 +41,7 @@ from .data.formats import record_image
 from .data.language import caption, sample_questions
 from .feature_cache import pooled_feature_cache
 from .rewards import reward
-from .preprocess import ImageError, resize_uint8
+from .runtime.preprocess import ImageError, resize_uint8
 from .runtime.prompts import DESCRIBE_PROMPT
 from .runtime.sampling import sample
 from .model.tokenizer import Tokenizer

@@ -146,7 +146,7 @@ def test_corrupt_and_non_image_files(tmp_path, tiny_checkpoint, capsys):
 
 
 def test_huge_image_refused_before_decoding(tmp_path):
-    from nanovla.preprocess import ImageError, load_image
+    from nanovla.runtime.preprocess import ImageError, load_image
     import cv2
     import numpy as np
     ok, png = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))

@@ -68,7 +68,7 @@ def test_graphs_are_valid_onnx_with_metadata(fp32_bundle):
 def test_graphs_match_pytorch(checkpoint, fp32_bundle):
     from nanovla.data.scenes import generate
     from nanovla.export.parity import decode_through_graph
-    from nanovla.preprocess import preprocess
+    from nanovla.runtime.preprocess import preprocess
     from nanovla.runtime.ort_backend import OnnxRuntime
 
     model, tok = _load(checkpoint)

@@ -13,9 +13,9 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TORCH = ("torch", "torchvision", "ultralytics", "safetensors.torch")
 # modules a bundle-only install runs (describe / ask / eval / data generate / the ROS describer)
 TORCH_FREE = ["model/checkpoint_files.py", "cli.py", "cli_common.py", "cli_hf.py", "train_config.py", "serve", "evaluate.py", "evaluate_formats.py",
-              "model/config.py", "model/paths.py", "preprocess.py", "model/tokenizer.py",
+              "model/config.py", "model/paths.py", "model/tokenizer.py",
               "data", "runtime"]
-TORCH_ALLOWED = {"runtime/torch_backend.py"}
+TORCH_ALLOWED = {"runtime/torch_backend.py", "runtime/engine.py"}
 
 
 def modules(*names: str) -> list[str]:
@@ -91,7 +91,7 @@ def test_bundle_paths_import_no_torch_at_module_level(relpath):
         pytest.skip("the torch backend itself")
     bad = [(line, m) for line, m in imports(relpath, top_level_only=True)
            if any(m == t or m.startswith(t + ".") for t in TORCH)
-           or m in ("nanovla.model.checkpoint", "nanovla.engine", "nanovla.model.vlm", "nanovla.train")]
+           or m in ("nanovla.model.checkpoint", "nanovla.runtime.engine", "nanovla.model.vlm", "nanovla.train")]
     assert not bad, f"nanovla/{relpath} imports PyTorch (or a torch module) at module level: {bad}"
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tiny_models import build_tiny_model
-from nanovla.engine import Engine, SamplingConfig
+from nanovla.runtime.engine import Engine, SamplingConfig
 from nanovla.runtime.prompts import DESCRIBE_PROMPT
 
 
@@ -152,7 +152,7 @@ def test_loss_only_on_assistant_tokens():
 def test_tiny_model_overfits_a_handful_of_scenes():
     """Trained on 4 scenes with 4 different answers, the model answers each from its image."""
     from nanovla.data.scenes import generate
-    from nanovla.preprocess import preprocess
+    from nanovla.runtime.preprocess import preprocess
 
     torch.manual_seed(0)
     model, tok = build_tiny_model(seed=0)

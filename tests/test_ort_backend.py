@@ -52,7 +52,7 @@ def test_runs_without_torch(bundle, tmp_path):
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
         from nanovla.runtime import load_runtime
-        from nanovla.preprocess import load_image
+        from nanovla.runtime.preprocess import load_image
         rt = load_runtime({bundle!r}, backend="onnxruntime", threads=1)
         print(len(rt.describe(load_image({image!r}), max_new_tokens=6).token_ids))
         from nanovla.cli import main

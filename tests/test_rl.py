@@ -90,7 +90,7 @@ def test_sampled_groups_follow_the_cached_decoder(tiny_checkpoint):
     """Each sampled completion's tokens are what the uncached model would give the same draws:
     greedy sampling (a tiny temperature) of every row equals the engine's greedy answer."""
     from nanovla.model.checkpoint import load_checkpoint
-    from nanovla.engine import Engine
+    from nanovla.runtime.engine import Engine
 
     model, tok, _ = load_checkpoint(tiny_checkpoint)
     pixels = torch.rand(1, 3, 64, 96)

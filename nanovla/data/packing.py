@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..preprocess import ImageError, resize_uint8
+from ..runtime.preprocess import ImageError, resize_uint8
 from ..model.tokenizer import Tokenizer
 from .formats import Record, Source, record_image
 

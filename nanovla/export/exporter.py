@@ -112,7 +112,7 @@ def export_bundle(checkpoint: str, to: str, out: str, options: ExportOptions | N
 
 
 def _write_bundle(model, tokenizer, checkpoint, fmt, options: ExportOptions, tmp: str, log) -> dict:
-    from ..engine import Engine
+    from ..runtime.engine import Engine
     from ..runtime.ort_backend import OnnxRuntime
     from ..model.tokenizer import tokenizer_fingerprint
     from . import graphs, parity, quantize

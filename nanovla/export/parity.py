@@ -33,7 +33,7 @@ def fp32_vs_torch(model, tokenizer, ort_runtime, rows: list[dict], max_new_token
     """Tensor errors on the first TENSOR_SCENES rows, greedy-token agreement on all rows."""
     import torch
 
-    from ..preprocess import preprocess
+    from ..runtime.preprocess import preprocess
     from ..runtime.torch_backend import TorchRuntime
 
     torch_runtime = TorchRuntime.from_model(model, tokenizer)
@@ -121,7 +121,7 @@ def accuracy(runtime, rows: list[dict]) -> dict:
 
 
 def quantized_vs_fp32(precision: str, fp32_runtime, quantized_runtime, rows: list[dict]) -> dict:
-    from ..preprocess import preprocess
+    from ..runtime.preprocess import preprocess
 
     reference, mine = accuracy(fp32_runtime, rows), accuracy(quantized_runtime, rows)
     vision_err = 0.0

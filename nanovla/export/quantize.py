@@ -31,7 +31,7 @@ FP32_IO = ("pixels", "image_tokens", "logits")  # kept fp32 in fp16 graphs
 def calibration_pixels(count: int, height: int, width: int, seed: int = 1234):
     """(1, 3, H, W) float32 frames from generated train scenes, preprocessed like the runtime."""
     from ..data.scenes import generate
-    from ..preprocess import preprocess
+    from ..runtime.preprocess import preprocess
 
     for i in range(count):
         image, _ = generate("train", seed, i)

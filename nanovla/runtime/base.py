@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..preprocess import check_rgb
+from .preprocess import check_rgb
 from .prompts import DESCRIBE_PROMPT
 
 # backend name -> "module:Class"; imported only when chosen, so torch stays optional

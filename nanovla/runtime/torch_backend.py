@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ..model.checkpoint import CheckpointError, load_checkpoint
-from ..engine import Engine, ImageContext
-from ..preprocess import check_rgb, preprocess
+from .engine import Engine, ImageContext
+from .preprocess import check_rgb, preprocess
 from ..model.tokenizer import check_question
 from .base import Answer, Runtime, RuntimeError_, batch_decode_loop
 from .sampling import Sampler, SamplingConfig

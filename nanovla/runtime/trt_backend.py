@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bundle import BundleError, read_bundle
-from ..preprocess import preprocess
+from .preprocess import preprocess
 from ..model.tokenizer import Tokenizer
 from .base import Runtime, RuntimeError_, decode_loop
 from .sampling import Sampler, SamplingConfig

@@ -157,7 +157,7 @@ def _ask_batch(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate
+    from .evaluation.scenes import evaluate
     from .runtime.preprocess import ImageError, load_image
 
     path = os.path.join(args.data, "data.jsonl")
@@ -237,7 +237,7 @@ def cmd_info(args) -> int:
 def cmd_probe(args) -> int:
     from .model.checkpoint import load_checkpoint
     from .model.paths import default_model_dir
-    from .probe import format_table, probe
+    from .evaluation.probe import format_table, probe
 
     if args.scenes < 10:
         raise CLIError(f"--scenes must be at least 10, got {args.scenes}")

@@ -133,7 +133,7 @@ def cmd_eval_format(args) -> int:
     """`nanovla eval --format F`: score a checkpoint or bundle on a LLaVA/COCO/VQA/GQA/HF data set."""
     from .cli_common import load_runtime_from_args
     from .data.formats import load_source
-    from .evaluate_formats import evaluate_source
+    from .evaluation.formats import evaluate_source
 
     source = load_source(args.data, args.format or "auto", images=args.images, log=_log)
     runtime = load_runtime_from_args(args)

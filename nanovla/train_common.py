@@ -20,7 +20,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from .model.checkpoint import atomic_directory_write, save_checkpoint
-from .evaluate import evaluate, generated_rows
+from .evaluation.scenes import evaluate, generated_rows
 from .runtime.torch_backend import TorchRuntime
 from .model.tokenizer import Tokenizer
 from .train_config import TrainConfig

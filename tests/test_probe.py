@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from nanovla.probe import format_table, logistic_accuracy, probe, ridge_r2
+from nanovla.evaluation.probe import format_table, logistic_accuracy, probe, ridge_r2
 
 
 def test_probes_read_a_linear_signal_and_nothing_from_noise():

@@ -24,7 +24,7 @@ TENSOR_SCENES = 8  # scenes for the tensor-level comparison (the token compariso
 
 
 def eval_rows(count: int, seed: int, questions: int) -> list[dict]:
-    from ..evaluate import generated_rows
+    from ..evaluation.scenes import generated_rows
 
     return list(generated_rows("eval", seed, count, questions=questions))
 
@@ -113,7 +113,7 @@ def decode_through_graph(session, prefix_cache: list[np.ndarray], prefix_len: in
 
 
 def accuracy(runtime, rows: list[dict]) -> dict:
-    from ..evaluate import evaluate
+    from ..evaluation.scenes import evaluate
 
     metrics = evaluate(runtime, rows)
     return {"exact_match": metrics["exact_match"], "caption_f1": metrics["caption"]["f1"],

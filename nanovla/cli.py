@@ -20,7 +20,7 @@ import sys
 import time
 
 from .cli_common import CLIError, add_dataclass_args, dataclass_from_args, load_runtime_from_args
-from .train_config import TrainConfig
+from .training.config import TrainConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -202,10 +202,10 @@ def cmd_eval(args) -> int:
 
 def cmd_train(args) -> int:
     from .model.config import ModelConfig
-    from .train import train
+    from .training.train import train
 
     if args.recipe:
-        from .recipe import run_recipe
+        from .training.recipe import run_recipe
 
         run_recipe(args.recipe, only=args.only)
         return 0

@@ -170,7 +170,7 @@ def test_every_shipped_recipe_parses(monkeypatch):
     """A recipe with an unknown key or a bad value fails here, not an hour into a run."""
     import glob
 
-    from nanovla.recipe import load_recipe
+    from nanovla.training.recipe import load_recipe
 
     monkeypatch.setenv("MODELS", "/nonexistent/models")
     paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "**", "*.toml"),
@@ -185,7 +185,7 @@ def test_every_shipped_recipe_parses(monkeypatch):
 def test_recipe_paths_expand_variables_with_defaults(monkeypatch):
     """`${NANOVLA_RUNS:-runs}`: runs/ in the checkout by default, elsewhere (a resumable state that
     outlives the checkout) when the variable is set; a plain unset $VAR is still an error."""
-    from nanovla.recipe import expand
+    from nanovla.training.recipe import expand
 
     monkeypatch.delenv("NANOVLA_RUNS", raising=False)
     assert expand("${NANOVLA_RUNS:-runs}/default/sft", "t") == "runs/default/sft"
@@ -197,7 +197,7 @@ def test_recipe_paths_expand_variables_with_defaults(monkeypatch):
 
 
 def test_recipe_with_bad_question_weights_fails_at_load(tmp_path):
-    from nanovla.recipe import load_recipe
+    from nanovla.training.recipe import load_recipe
 
     for weights, message in (("{nearness = 2.0}", "unknown question type 'nearness'"),
                              ("{near_far = -1.0}", "near_far = -1.0 is not a non-negative number")):

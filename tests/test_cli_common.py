@@ -56,7 +56,7 @@ def test_train_and_export_flags_come_from_the_helper():
     from nanovla import cli, cli_common
     from nanovla.export import cli as export_cli
     from nanovla.export.formats import ExportOptions
-    from nanovla.train_config import TrainConfig
+    from nanovla.training.config import TrainConfig
 
     assert cli.add_dataclass_args is cli_common.add_dataclass_args
     assert export_cli.add_dataclass_args is cli_common.add_dataclass_args

@@ -73,7 +73,7 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path, tiny_checkpo
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_checkpoint, sources):
-    from nanovla.train import TrainConfig, train
+    from nanovla.training.train import TrainConfig, train
 
     big = train(TrainConfig(**_config(tiny_checkpoint, sources, str(tmp_path / "big"), batch_size=8, steps=3)),
                 log=lambda m: None)
@@ -83,7 +83,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_checkpoint, 
 
 
 def test_killed_run_resumes_exactly(tmp_path, tiny_checkpoint, sources):
-    import nanovla.train as train_module
+    import nanovla.training.train as train_module
     from nanovla.model.checkpoint import load_checkpoint
 
     config = _config(tiny_checkpoint, sources, str(tmp_path / "straight"), steps=5, save_every=2, batch_size=3)

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nanovla")
 TORCH = ("torch", "torchvision", "ultralytics", "safetensors.torch")
 # modules a bundle-only install runs (describe / ask / eval / data generate / the ROS describer)
-TORCH_FREE = ["model/checkpoint_files.py", "cli.py", "cli_common.py", "cli_hf.py", "train_config.py", "serve", "evaluation/scenes.py", "evaluation/formats.py",
+TORCH_FREE = ["model/checkpoint_files.py", "cli.py", "cli_common.py", "cli_hf.py", "training/config.py", "serve", "evaluation/scenes.py", "evaluation/formats.py",
               "model/config.py", "model/paths.py", "model/tokenizer.py",
               "data", "runtime"]
 TORCH_ALLOWED = {"runtime/torch_backend.py", "runtime/engine.py"}
@@ -91,7 +91,7 @@ def test_bundle_paths_import_no_torch_at_module_level(relpath):
         pytest.skip("the torch backend itself")
     bad = [(line, m) for line, m in imports(relpath, top_level_only=True)
            if any(m == t or m.startswith(t + ".") for t in TORCH)
-           or m in ("nanovla.model.checkpoint", "nanovla.runtime.engine", "nanovla.model.vlm", "nanovla.train")]
+           or m in ("nanovla.model.checkpoint", "nanovla.runtime.engine", "nanovla.model.vlm", "nanovla.training.train")]
     assert not bad, f"nanovla/{relpath} imports PyTorch (or a torch module) at module level: {bad}"
 
 
@@ -166,5 +166,5 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 def test_no_import_cycles_between_nanovla_modules():
     """Function-local imports count too: a cycle hidden inside a function is still a cycle."""
     graph = module_graph()
-    assert "nanovla.train_common" in graph["nanovla.rl"]  # the walk resolves `from .x import f`
+    assert "nanovla.training.common" in graph["nanovla.training.rl"]  # the walk resolves `from .x import f`
     assert cycles(graph) == []

@@ -20,7 +20,7 @@ def test_linear_projection_is_one_linear_layer_and_unknown_ones_are_refused():
 
 
 def test_fit_linear_recovers_a_linear_map():
-    from nanovla.linearize import fit_linear
+    from nanovla.training.linearize import fit_linear
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(500, 6, generator=g, dtype=torch.float64)
@@ -45,7 +45,7 @@ def test_linearize_stage_fits_the_mlp_keeps_every_other_weight_and_sft_continues
     from tiny_models import tiny_tokenizer
 
     from nanovla.model.checkpoint import load_checkpoint, read_metrics, save_checkpoint
-    from nanovla.train import TrainConfig, train
+    from nanovla.training.train import TrainConfig, train
     from nanovla.model.vlm import VisionLanguageModel
 
     torch.manual_seed(0)
@@ -88,7 +88,7 @@ def test_linearize_stage_fits_the_mlp_keeps_every_other_weight_and_sft_continues
 
 
 def test_linearize_needs_an_init_checkpoint():
-    from nanovla.train import TrainConfig
+    from nanovla.training.train import TrainConfig
 
     with pytest.raises(ValueError, match="needs --init"):
         TrainConfig(stage="linearize").validate()

@@ -29,7 +29,7 @@ import sys
 import time
 import tomllib
 
-from .model.config import ModelConfig
+from ..model.config import ModelConfig
 from .train import TrainConfig, train
 
 
@@ -93,7 +93,7 @@ def run_init(spec: dict, log=print) -> None:
                 raise TimeoutError(f"rank {os.environ.get('RANK')}: {out} did not appear within an hour")
             time.sleep(2)
         return
-    from .model.pretrained import init_checkpoint
+    from ..model.pretrained import init_checkpoint
 
     size = spec.get("image_size")
     init_checkpoint(spec["encoder"], spec["decoder"], out, image_tokens=int(spec.get("image_tokens", 0)),

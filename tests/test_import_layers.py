@@ -12,7 +12,7 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nanovla")
 TORCH = ("torch", "torchvision", "ultralytics", "safetensors.torch")
 # modules a bundle-only install runs (describe / ask / eval / data generate / the ROS describer)
-TORCH_FREE = ["model/checkpoint_files.py", "cli.py", "cli_common.py", "cli_hf.py", "training/config.py", "serve", "evaluation/scenes.py", "evaluation/formats.py",
+TORCH_FREE = ["model/checkpoint_files.py", "cli/main.py", "cli/common.py", "cli/__init__.py", "training/config.py", "serve", "evaluation/scenes.py", "evaluation/formats.py",
               "model/config.py", "model/paths.py", "model/tokenizer.py",
               "data", "runtime"]
 TORCH_ALLOWED = {"runtime/torch_backend.py", "runtime/engine.py"}

@@ -9,8 +9,8 @@ import json
 import os
 import sys
 
-from ..cli_common import add_dataclass_args, dataclass_from_args, given_fields
-from .formats import FORMATS, ExportOptions, formats_help, option_help
+from .common import add_dataclass_args, dataclass_from_args, given_fields
+from ..export.formats import FORMATS, ExportOptions, formats_help, option_help
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def cmd_export(args) -> int:
     if os.path.abspath(out) == os.path.abspath(model):
         raise ValueError("--out must differ from the model directory")
     try:
-        from .exporter import export_bundle
+        from ..export.exporter import export_bundle
     except ImportError as e:
         raise ValueError(f"export needs PyTorch, onnx and onnxruntime (pip install 'nanovla[export]'): {e}") from None
     data = export_bundle(model, fmt.name, out, options, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -22,7 +22,7 @@ def _log(msg: str) -> None:
 
 
 def cmd_init(args) -> int:
-    from .model.pretrained import init_checkpoint
+    from ..model.pretrained import init_checkpoint
 
     size = None
     if args.image_size:
@@ -39,10 +39,10 @@ def cmd_init(args) -> int:
 
 def raw_generate(model_path: str, text: str, max_new_tokens: int, device: str = "cpu") -> dict:
     """Greedy plain continuation of `text` (no chat template): {"text", "token_ids", ...}."""
-    from .model.checkpoint import load_checkpoint
-    from .runtime.engine import Engine, SamplingConfig
-    from .model.decoder_hf import PROVENANCE_FILE
-    from .runtime.base import resolve_model
+    from ..model.checkpoint import load_checkpoint
+    from ..runtime.engine import Engine, SamplingConfig
+    from ..model.decoder_hf import PROVENANCE_FILE
+    from ..runtime.base import resolve_model
 
     path = resolve_model(model_path)
     model, tokenizer, _ = load_checkpoint(path, device=device)
@@ -74,8 +74,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export_hf(args) -> int:
-    from .model.checkpoint import load_checkpoint
-    from .model.decoder_hf import PROVENANCE_FILE, export_hf
+    from ..model.checkpoint import load_checkpoint
+    from ..model.decoder_hf import PROVENANCE_FILE, export_hf
 
     model, tokenizer, _ = load_checkpoint(args.model)
     base = None
@@ -89,7 +89,7 @@ def cmd_export_hf(args) -> int:
 
 
 def cmd_from_rosbag(args) -> int:
-    from .data.rosbag import rosbag_to_dataset
+    from ..data.rosbag import rosbag_to_dataset
 
     summary = rosbag_to_dataset(args.bag, args.topic, args.out, every=args.every, log=_log)
     print(json.dumps(summary), flush=True)
@@ -97,7 +97,7 @@ def cmd_from_rosbag(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .data.formats import load_source
+    from ..data.formats import load_source
 
     source = load_source(args.path, args.format, images=args.images, log=_log)
     print(json.dumps(source.summary(check_images=args.check_images), indent=2), flush=True)
@@ -105,7 +105,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_to_yolo(args) -> int:
-    from .data.yolo import export_yolo
+    from ..data.yolo import export_yolo
 
     counts = export_yolo(args.data, args.out, classes=args.classes, val_fraction=args.val_fraction, log=_log)
     _log(f"wrote {counts['train']} train + {counts['val']} val images, {counts['objects']} boxes "
@@ -131,9 +131,9 @@ def wants_format_eval(args) -> bool:
 
 def cmd_eval_format(args) -> int:
     """`nanovla eval --format F`: score a checkpoint or bundle on a LLaVA/COCO/VQA/GQA/HF data set."""
-    from .cli_common import load_runtime_from_args
-    from .data.formats import load_source
-    from .evaluation.formats import evaluate_source
+    from .common import load_runtime_from_args
+    from ..data.formats import load_source
+    from ..evaluation.formats import evaluate_source
 
     source = load_source(args.data, args.format or "auto", images=args.images, log=_log)
     runtime = load_runtime_from_args(args)

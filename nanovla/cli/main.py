@@ -19,8 +19,8 @@ import os
 import sys
 import time
 
-from .cli_common import CLIError, add_dataclass_args, dataclass_from_args, load_runtime_from_args
-from .training.config import TrainConfig
+from .common import CLIError, add_dataclass_args, dataclass_from_args, load_runtime_from_args
+from ..training.config import TrainConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -39,8 +39,8 @@ def cmd_data_generate(args) -> int:
     import cv2
     import numpy as np
 
-    from .data.language import caption, sample_questions
-    from .data.scenes import SPLITS, generate, scene_seed
+    from ..data.language import caption, sample_questions
+    from ..data.scenes import SPLITS, generate, scene_seed
 
     if args.split not in SPLITS:
         raise CLIError(f"--split must be one of {', '.join(SPLITS)}")
@@ -71,7 +71,7 @@ def _sampling(args) -> dict:
 
 
 def cmd_describe(args) -> int:
-    from .runtime.preprocess import ImageError, load_image
+    from ..runtime.preprocess import ImageError, load_image
 
     runtime = load_runtime_from_args(args)
     failures = 0
@@ -91,8 +91,8 @@ def cmd_describe(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .runtime.preprocess import load_image
-    from .model.tokenizer import check_question
+    from ..runtime.preprocess import load_image
+    from ..model.tokenizer import check_question
 
     if args.questions:
         if args.image or args.question:
@@ -112,8 +112,8 @@ def cmd_ask(args) -> int:
 
 
 def _ask_batch(args) -> int:
-    from .runtime.preprocess import ImageError, load_image
-    from .model.tokenizer import check_question
+    from ..runtime.preprocess import ImageError, load_image
+    from ..model.tokenizer import check_question
 
     if not os.path.isfile(args.questions):
         raise CLIError(f"{args.questions}: no such file")
@@ -157,12 +157,12 @@ def _ask_batch(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation.scenes import evaluate
-    from .runtime.preprocess import ImageError, load_image
+    from ..evaluation.scenes import evaluate
+    from ..runtime.preprocess import ImageError, load_image
 
     path = os.path.join(args.data, "data.jsonl")
     try:  # LLaVA/COCO/VQA/GQA/HF data sets and rosbag frames are scored by cli_hf
-        from .cli_hf import cmd_eval_format, wants_format_eval
+        from .hub import cmd_eval_format, wants_format_eval
     except ImportError:
         wants_format_eval = None
     if wants_format_eval is not None and wants_format_eval(args):
@@ -201,11 +201,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .model.config import ModelConfig
-    from .training.train import train
+    from ..model.config import ModelConfig
+    from ..training.train import train
 
     if args.recipe:
-        from .training.recipe import run_recipe
+        from ..training.recipe import run_recipe
 
         run_recipe(args.recipe, only=args.only)
         return 0
@@ -217,8 +217,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .model.checkpoint_files import CheckpointError, read_config, read_metrics
-    from .runtime.base import resolve_model
+    from ..model.checkpoint_files import CheckpointError, read_config, read_metrics
+    from ..runtime.base import resolve_model
 
     path = resolve_model(args.model)
     try:
@@ -235,9 +235,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .model.checkpoint import load_checkpoint
-    from .model.paths import default_model_dir
-    from .evaluation.probe import format_table, probe
+    from ..model.checkpoint import load_checkpoint
+    from ..model.paths import default_model_dir
+    from ..evaluation.probe import format_table, probe
 
     if args.scenes < 10:
         raise CLIError(f"--scenes must be at least 10, got {args.scenes}")
@@ -256,12 +256,12 @@ def cmd_probe(args) -> int:
 
 def cmd_serve(args) -> int:
     try:
-        from .serve.app import serve
+        from ..serve.app import serve
     except ImportError as e:
         raise CLIError(f"serve needs the [serve] extra ({e}); pip install -e '.[serve]'") from None
     if args.ros_topic:  # before the model loads: a missing rclpy is a one-line error at once
         try:
-            from .serve import ros_camera  # noqa: F401
+            from ..serve import ros_camera  # noqa: F401
         except ImportError as e:
             raise CLIError(str(e)) from None
     if not 0 < args.port < 65536 or args.queue_size < 1 or args.max_body_mb <= 0 or args.max_new_tokens < 1:
@@ -276,7 +276,7 @@ def cmd_serve(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from .runtime.base import BACKEND_CHOICES
+    from ..runtime.base import BACKEND_CHOICES
 
     parser = argparse.ArgumentParser(prog="nanovla", description="edge vision-language runtime for robots")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -361,13 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     try:  # export lives in its own module (and needs the [export] extra)
-        from .export.cli import add_export_parser
+        from .export import add_export_parser
 
         add_export_parser(sub)
     except ImportError:
         pass
     try:  # pretrained parts and data sets from disk: init, generate, data from-rosbag, ...
-        from .cli_hf import add_parsers
+        from .hub import add_parsers
 
         add_parsers(sub, data)
     except ImportError:

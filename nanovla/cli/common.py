@@ -16,7 +16,7 @@ class CLIError(Exception):
 
 def load_runtime_from_args(args):
     """The runtime named by --model/--backend/--device/--threads; a bad one is a CLIError."""
-    from .runtime import RuntimeError_, load_runtime
+    from ..runtime import RuntimeError_, load_runtime
 
     try:
         return load_runtime(args.model, backend=args.backend, device=args.device, threads=args.threads or None)

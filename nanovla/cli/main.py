@@ -7,6 +7,14 @@
     nanovla train --stage STAGE [--field value ...]   |  nanovla train --recipe FILE.toml
     nanovla info [--model DIR]
     nanovla serve [--model DIR] [--backend B] [--host H] [--port P] [--ros-topic T]   (nanovla/serve/)
+    nanovla export [MODEL] --to FORMAT [--out DIR]    |  nanovla export-hf --model CKPT --out HF_DIR
+    nanovla init --encoder ENC --decoder HF_DIR --out CKPT  |  nanovla generate --model CKPT --raw TEXT
+    nanovla data from-rosbag BAG --topic T --out DIR  |  data inspect PATH  |  data to-yolo DIR --out DIR
+
+This module builds the whole argparse tree (no torch: every flag comes from torch-free modules) and
+runs a command by importing only the command module that COMMANDS names for it: `nanovla describe`
+loads cli/inference.py and never the torch-importing training.py, hub.py or export.py. Each
+command module imports what it needs at its top.
 
 Bad input is one line on stderr and a non-zero exit, never a traceback (NANOVLA_DEBUG=1 shows it).
 """
@@ -14,270 +22,53 @@ Bad input is one line on stderr and a non-zero exit, never a traceback (NANOVLA_
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import importlib
 import os
 import sys
-import time
 
-from .common import CLIError, add_dataclass_args, dataclass_from_args, load_runtime_from_args
+from ..export.formats import FORMATS, ExportOptions, formats_help, option_help
+from ..runtime.base import BACKEND_CHOICES
 from ..training.config import TrainConfig
+from .common import EXIT_BAD_INPUT, CLIError, add_dataclass_args, err
 
-EXIT_BAD_INPUT = 2
-
-
-def _emit(obj: dict) -> None:
-    print(json.dumps(obj), flush=True)
-
-
-def _err(msg: str) -> None:
-    print(f"nanovla: error: {msg}", file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- commands
-
-def cmd_data_generate(args) -> int:
-    import cv2
-    import numpy as np
-
-    from ..data.language import caption, sample_questions
-    from ..data.scenes import SPLITS, generate, scene_seed
-
-    if args.split not in SPLITS:
-        raise CLIError(f"--split must be one of {', '.join(SPLITS)}")
-    if args.count < 0:
-        raise CLIError("--count must be >= 0")
-    os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
-    tmp = os.path.join(args.out, "data.jsonl.tmp")
-    t0 = time.perf_counter()
-    with open(tmp, "w") as f:
-        for i in range(args.count):
-            image, scene = generate(args.split, args.seed, i)
-            rel = f"images/{i:06d}.png"
-            if not cv2.imwrite(os.path.join(args.out, rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-                raise CLIError(f"could not write {os.path.join(args.out, rel)}")
-            rng = np.random.default_rng(scene_seed(args.split, args.seed, i) ^ 0x5EED)
-            row = {"image": rel, "objects": [o.to_json() for o in scene.objects], "caption": caption(scene),
-                   "qa": [{k: q[k] for k in ("question", "answer", "type")}
-                          for q in sample_questions(scene, rng, args.split, k=args.questions)]}
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, os.path.join(args.out, "data.jsonl"))
-    print(f"wrote {args.count} {args.split} scenes to {args.out} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    return 0
+# subcommand -> the module of nanovla/cli/ that runs it (its cmd_* functions); imported only when
+# that subcommand runs. torch: training, hub, export (and inference with --backend torch, by name).
+COMMANDS = {
+    "data": "data",  # data generate | from-rosbag | inspect | to-yolo
+    "describe": "inference",
+    "ask": "inference",
+    "eval": "inference",
+    "info": "inference",
+    "train": "training",
+    "probe": "training",
+    "init": "hub",
+    "generate": "hub",
+    "export-hf": "hub",
+    "export": "export",
+    "serve": "serve",
+}
+# a command module whose optional dependencies do not import: this one line instead (exit 2)
+MISSING_EXTRA = {
+    "serve": "serve needs the [serve] extra ({error}); pip install -e '.[serve]'",
+    "export": "export needs PyTorch, onnx and onnxruntime (pip install 'nanovla[export]'): {error}",
+}
 
 
-def _sampling(args) -> dict:
-    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "seed": args.seed}
-
-
-def cmd_describe(args) -> int:
-    from ..runtime.preprocess import ImageError, load_image
-
-    runtime = load_runtime_from_args(args)
-    failures = 0
-    for path in args.images:
-        try:
-            image = load_image(path)
-            answer = runtime.describe(image, **_sampling(args))
-        except (ImageError, ValueError) as e:
-            _err(str(e))
-            failures += 1
-            continue
-        if args.json:
-            _emit({"image": path, "description": answer.text, "latency_ms": round(answer.latency_ms, 2)})
-        else:
-            print(f"{path}: {answer.text}", flush=True)
-    return EXIT_BAD_INPUT if failures else 0
-
-
-def cmd_ask(args) -> int:
-    from ..runtime.preprocess import load_image
-    from ..model.tokenizer import check_question
-
-    if args.questions:
-        if args.image or args.question:
-            raise CLIError("give either IMAGE QUESTION or --questions FILE.jsonl, not both")
-        return _ask_batch(args)
-    if not args.image or args.question is None:
-        raise CLIError("ask needs IMAGE and QUESTION (or --questions FILE.jsonl)")
-    question = check_question(args.question)
-    image = load_image(args.image)
-    runtime = load_runtime_from_args(args)
-    answer = runtime.ask(image, question, **_sampling(args))
-    if args.json:
-        _emit({"answer": answer.text, "latency_ms": round(answer.latency_ms, 2)})
-    else:
-        print(answer.text)
-    return 0
-
-
-def _ask_batch(args) -> int:
-    from ..runtime.preprocess import ImageError, load_image
-    from ..model.tokenizer import check_question
-
-    if not os.path.isfile(args.questions):
-        raise CLIError(f"{args.questions}: no such file")
-    base = os.path.dirname(os.path.abspath(args.questions))
-    runtime = load_runtime_from_args(args)
-    contexts: dict[str, object] = {}  # one encode per image, reused across its questions
-    failures = 0
-    with open(args.questions, encoding="utf-8", errors="strict") as f:
-        try:
-            lines = f.read().splitlines()
-        except UnicodeDecodeError as e:
-            raise CLIError(f"{args.questions}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{args.questions}:{n}"
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not isinstance(
-                    row.get("question"), str):
-                raise ValueError('expected {"image": PATH, "question": TEXT}')
-            question = check_question(row["question"])
-            path = os.path.join(base, row["image"])
-            encode_ms = 0.0
-            if path not in contexts:
-                contexts.clear()  # keep one image context: consecutive lines usually share it
-                t0 = time.perf_counter()
-                contexts[path] = runtime.encode(load_image(path))
-                encode_ms = (time.perf_counter() - t0) * 1000
-            answer = runtime.generate(contexts[path], question, **_sampling(args))
-        except json.JSONDecodeError as e:
-            _err(f"{where}: not JSON ({e.msg})")
-            failures += 1
-            continue
-        except (ImageError, ValueError) as e:
-            _err(f"{where}: {e}")
-            failures += 1
-            continue
-        _emit({**row, "answer": answer.text, "latency_ms": round(answer.latency_ms + encode_ms, 2)})
-    return EXIT_BAD_INPUT if failures else 0
-
-
-def cmd_eval(args) -> int:
-    from ..evaluation.scenes import evaluate
-    from ..runtime.preprocess import ImageError, load_image
-
-    path = os.path.join(args.data, "data.jsonl")
-    try:  # LLaVA/COCO/VQA/GQA/HF data sets and rosbag frames are scored by cli_hf
-        from .hub import cmd_eval_format, wants_format_eval
-    except ImportError:
-        wants_format_eval = None
-    if wants_format_eval is not None and wants_format_eval(args):
-        return cmd_eval_format(args)
-    if not os.path.isfile(path):
-        raise CLIError(f"{args.data}: no data.jsonl (make one with `nanovla data generate`)")
-    runtime = load_runtime_from_args(args)
-    skipped = []
-
-    def rows():
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                if args.limit and n > args.limit:
-                    return
-                try:
-                    row = json.loads(line)
-                    row["image"] = load_image(os.path.join(args.data, row["image"]))
-                except (json.JSONDecodeError, KeyError, ImageError) as e:
-                    _err(f"{path}:{n}: skipped ({e})")
-                    skipped.append(n)
-                    continue
-                yield row
-
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
-    metrics = evaluate(runtime, rows(), log=log)
-    metrics.update({"data": args.data, "model": runtime.model_path, "backend": runtime.backend,
-                    "skipped_rows": len(skipped)})
-    if not args.examples:
-        metrics.pop("wrong_examples")
-    text = json.dumps(metrics, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    return 0
-
-
-def cmd_train(args) -> int:
-    from ..model.config import ModelConfig
-    from ..training.train import train
-
-    if args.recipe:
-        from ..training.recipe import run_recipe
-
-        run_recipe(args.recipe, only=args.only)
-        return 0
-    if not args.stage:
-        raise CLIError("train needs --stage vision|text|align|sft|linearize or --recipe FILE.toml")
-    cfg = dataclass_from_args(TrainConfig, args)
-    train(cfg, ModelConfig())
-    return 0
-
-
-def cmd_info(args) -> int:
-    from ..model.checkpoint_files import CheckpointError, read_config, read_metrics
-    from ..runtime.base import resolve_model
-
-    path = resolve_model(args.model)
+def command_module(command: str):
+    """The module that runs `command` (nanovla.cli.<COMMANDS[command]>), imported now."""
+    name = COMMANDS[command]
     try:
-        config = read_config(path)
-    except CheckpointError:
-        bundle = os.path.join(path, "bundle.json")
-        if os.path.isfile(bundle):
-            with open(bundle) as f:
-                print(json.dumps(json.load(f), indent=2))
-            return 0
-        raise
-    print(json.dumps({"path": path, "config": config, "metrics": read_metrics(path)}, indent=2))
-    return 0
-
-
-def cmd_probe(args) -> int:
-    from ..model.checkpoint import load_checkpoint
-    from ..model.paths import default_model_dir
-    from ..evaluation.probe import format_table, probe
-
-    if args.scenes < 10:
-        raise CLIError(f"--scenes must be at least 10, got {args.scenes}")
-    path = args.model or default_model_dir()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model, tokenizer, _ = load_checkpoint(path)
-    result = probe(model, tokenizer, scenes=args.scenes, split=args.split, seed=args.seed,
-                   answers=not args.no_answers, log=lambda m: print(m, file=sys.stderr, flush=True))
-    result["model"] = path
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    return 0
-
-
-def cmd_serve(args) -> int:
-    try:
-        from ..serve.app import serve
+        return importlib.import_module(f"{__package__}.{name}")
     except ImportError as e:
-        raise CLIError(f"serve needs the [serve] extra ({e}); pip install -e '.[serve]'") from None
-    if args.ros_topic:  # before the model loads: a missing rclpy is a one-line error at once
-        try:
-            from ..serve import ros_camera  # noqa: F401
-        except ImportError as e:
-            raise CLIError(str(e)) from None
-    if not 0 < args.port < 65536 or args.queue_size < 1 or args.max_body_mb <= 0 or args.max_new_tokens < 1:
-        raise CLIError("--port must be 1..65535, and --queue-size, --max-body-mb, --max-new-tokens positive")
-    runtime = load_runtime_from_args(args)
-    serve(runtime, args.host, args.port, ros_topic=args.ros_topic, queue_size=args.queue_size,
-          max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_tokens=args.max_new_tokens,
-          log=lambda m: print(m, file=sys.stderr, flush=True))
-    return 0
+        if name in MISSING_EXTRA:
+            raise CLIError(MISSING_EXTRA[name].format(error=e)) from None
+        raise
 
 
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..runtime.base import BACKEND_CHOICES
-
     parser = argparse.ArgumentParser(prog="nanovla", description="edge vision-language runtime for robots")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -288,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--split", default="train", help="train | eval | heldout")
     gen.add_argument("--questions", type=int, default=8, help="questions per image")
-    gen.set_defaults(func=cmd_data_generate)
+    gen.set_defaults(handler="cmd_generate")
 
     def model_args(p):
         p.add_argument("--model", default=None, help="checkpoint or bundle directory (default: the shipped model)")
@@ -310,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("images", nargs="+")
     d.add_argument("--json", action="store_true", help="one JSON line per image")
     runtime_args(d)
-    d.set_defaults(func=cmd_describe)
+    d.set_defaults(handler="cmd_describe")
 
     a = sub.add_parser("ask", help="answer a question about an image")
     a.add_argument("image", nargs="?")
@@ -318,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--questions", help="JSONL of {image, question}; paths relative to the file")
     a.add_argument("--json", action="store_true")
     runtime_args(a)
-    a.set_defaults(func=cmd_ask)
+    a.set_defaults(handler="cmd_ask")
 
     e = sub.add_parser("eval", help="score a model on a data directory; prints JSON")
     e.add_argument("--data", required=True)
@@ -326,14 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="also write the JSON here")
     e.add_argument("--examples", action="store_true", help="include some wrong answers")
     e.add_argument("--verbose", action="store_true")
+    e.add_argument("--format", default="", help="llava | coco | vqa | gqa | hf | nanovla (default: a nanovla "
+                                                "data.jsonl directory as before, else detected)")
+    e.add_argument("--images", default="", help="image folder of a LLaVA/COCO/VQA/GQA data set")
     runtime_args(e)
-    e.set_defaults(func=cmd_eval)
+    e.set_defaults(handler="cmd_eval")
 
     t = sub.add_parser("train", help="run a training stage or a recipe")
     t.add_argument("--recipe", help="a recipe .toml running several stages")
     t.add_argument("--only", help="with --recipe: run only this stage name")
     add_dataclass_args(t, TrainConfig)  # torch-free: the flags exist even where training cannot run
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(handler="cmd_train")
 
     s = sub.add_parser("serve", help="HTTP server: OpenAI-compatible chat API and a web page at /")
     model_args(s)
@@ -344,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue-size", type=int, default=64, help="requests waiting for the model (more get 503)")
     s.add_argument("--max-body-mb", type=float, default=8.0, help="larger request bodies get 413")
     s.add_argument("--max-new-tokens", type=int, default=64, help="answer length when a request has no max_tokens")
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(handler="cmd_serve")
 
     pr = sub.add_parser("probe", help="linear probes of a checkpoint's image tokens beside its answers per type")
     pr.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
@@ -354,32 +148,100 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     pr.add_argument("--no-answers", action="store_true", help="probes only, skip the model's answers")
     pr.add_argument("--json", action="store_true")
-    pr.set_defaults(func=cmd_probe)
+    pr.set_defaults(handler="cmd_probe")
 
     i = sub.add_parser("info", help="print a model's config and metrics")
     i.add_argument("--model", default=None)
-    i.set_defaults(func=cmd_info)
+    i.set_defaults(handler="cmd_info")
 
-    try:  # export lives in its own module (and needs the [export] extra)
-        from .export import add_export_parser
-
-        add_export_parser(sub)
-    except ImportError:
-        pass
-    try:  # pretrained parts and data sets from disk: init, generate, data from-rosbag, ...
-        from .hub import add_parsers
-
-        add_parsers(sub, data)
-    except ImportError:
-        pass
+    add_export_parser(sub)
+    add_hub_parsers(sub)
+    add_data_parsers(data)
     return parser
 
+
+def add_hub_parsers(sub) -> None:
+    """Pretrained parts: init, generate, export-hf (cli/hub.py)."""
+    i = sub.add_parser("init", help="a checkpoint from a pretrained encoder and decoder (untrained projector)")
+    i.add_argument("--encoder", required=True,
+                   help="yolov9t | a local ultralytics .pt | a local CLIP/SigLIP directory")
+    i.add_argument("--decoder", required=True, help="a local Hugging Face Llama/Qwen2/SmolLM2 directory")
+    i.add_argument("--out", required=True, help="checkpoint directory to write")
+    i.add_argument("--image-tokens", type=int, default=0, help="image tokens per frame (default 48 / 64)")
+    i.add_argument("--max-seq-len", type=int, default=0, help="context length (default min(model's, 2048))")
+    i.add_argument("--image-size", default="", help="HEIGHTxWIDTH model input (default: the encoder's)")
+    i.add_argument("--resampler", default="auto", choices=("auto", "grid", "perceiver"))
+    i.add_argument("--seed", type=int, default=0, help="projector initialisation seed")
+    i.set_defaults(handler="cmd_init")
+
+    g = sub.add_parser("generate", help="plain text continuation (no chat template)")
+    g.add_argument("--model", default=None, help="checkpoint directory")
+    g.add_argument("--raw", default=None, help="the text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]}')
+    g.set_defaults(handler="cmd_generate")
+
+    x = sub.add_parser("export-hf", help="write a checkpoint's decoder as a Hugging Face directory")
+    x.add_argument("--model", required=True)
+    x.add_argument("--out", required=True)
+    x.set_defaults(handler="cmd_export_hf")
+
+
+def add_data_parsers(data) -> None:
+    """`nanovla data` beyond generate: from-rosbag, inspect, to-yolo (cli/data.py)."""
+    r = data.add_parser("from-rosbag", help="camera frames of a rosbag2 to DIR/images + DIR/data.jsonl")
+    r.add_argument("bag", help="rosbag2 directory (sqlite3 or mcap)")
+    r.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    r.add_argument("--out", required=True)
+    r.add_argument("--every", type=int, default=1, help="keep every Nth frame")
+    r.set_defaults(handler="cmd_from_rosbag")
+
+    n = data.add_parser("inspect", help="count what a LLaVA/COCO/VQA/GQA/HF data source yields")
+    n.add_argument("path")
+    n.add_argument("--format", default="auto", help="auto | llava | coco | vqa | gqa | hf | nanovla")
+    n.add_argument("--images", default="", help="image folder (default: beside the file)")
+    n.add_argument("--check-images", action="store_true", help="also decode every image (slow)")
+    n.set_defaults(handler="cmd_inspect")
+
+    y = data.add_parser("to-yolo", help="a `data generate` directory as an ultralytics detection data set")
+    y.add_argument("data", help="a `nanovla data generate` directory")
+    y.add_argument("--out", required=True)
+    y.add_argument("--classes", default="kind", choices=("kind", "color_kind"))
+    y.add_argument("--val-fraction", type=float, default=0.1, help="share of rows (the last ones) for val")
+    y.set_defaults(handler="cmd_to_yolo")
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "export", help="export a checkpoint to a bundle (ONNX fp32/int8/fp16, TensorRT)",
+        description="Export a checkpoint to a bundle directory: vision, prefill and decode graphs, the tokenizer "
+                    "and bundle.json (I/O, preprocessing, precision, parity measured against PyTorch).",
+        epilog=formats_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: the shipped model)")
+    p.add_argument("--to", required=True, choices=list(FORMATS), help="export format (see below)")
+    p.add_argument("--out", default=None, help="bundle directory to write (default: bundles/<model>-<format>)")
+    descriptions = option_help()
+    add_dataclass_args(p, ExportOptions, switches=True, describe=lambda f: _field_help(f, descriptions.get(f.name, "")))
+    p.add_argument("--json", action="store_true", help="print bundle.json's parity section as JSON")
+    p.set_defaults(handler="cmd_export")
+    return p
+
+
+def _field_help(field: dataclasses.Field, description: str) -> str:
+    formats = [f.name for f in FORMATS.values() if field.name in f.options]
+    where = f" [{', '.join(formats)} only]" if formats else ""
+    return f"{description} (default {field.default!r}){where}"
+
+
+# ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        module = command_module(args.command)
+        return int(getattr(module, args.handler)(args) or 0)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -388,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("NANOVLA_DEBUG"):
             raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        _err(message)
+        err(message)
         return EXIT_BAD_INPUT if isinstance(e, (CLIError, ValueError, OSError)) else 1
 
 

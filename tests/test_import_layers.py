@@ -50,9 +50,9 @@ def imports(relpath: str, top_level_only: bool) -> list[tuple[int, str]]:
 
 
 def test_the_walk_sees_relative_and_nested_imports():
-    assert (16, "nanovla.runtime.bundle") in imports("export/exporter.py", top_level_only=True)
-    assert any(m == "nanovla.model.checkpoint" for _, m in imports("export/exporter.py", top_level_only=False))
-    assert not any(m == "nanovla.model.checkpoint" for _, m in imports("export/exporter.py", top_level_only=True))
+    assert (19, "nanovla.runtime.bundle") in imports("export/exporter.py", top_level_only=True)
+    assert any(m == "nanovla.serve.ros_camera" for _, m in imports("serve/app.py", top_level_only=False))
+    assert not any(m == "nanovla.serve.ros_camera" for _, m in imports("serve/app.py", top_level_only=True))
 
 
 @pytest.mark.parametrize("relpath", modules("runtime"))

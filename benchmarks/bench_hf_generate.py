@@ -99,11 +99,11 @@ def main() -> int:
     import torch
     import transformers
 
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
     from nanovla.data.scenes import generate as render_scene
-    from nanovla.engine import Engine, SamplingConfig
-    from nanovla.preprocess import preprocess
-    from nanovla.pretrained import init_checkpoint
+    from nanovla.runtime.engine import Engine, SamplingConfig
+    from nanovla.runtime.preprocess import preprocess
+    from nanovla.model.pretrained import init_checkpoint
 
     torch.set_num_threads(args.threads)
     work = tempfile.mkdtemp(prefix="bench-hf-")

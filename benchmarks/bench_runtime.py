@@ -144,8 +144,8 @@ def _weight_bytes_per_step(decode_graph: str) -> int:
 def run_worker(args) -> dict:
     from nanovla.runtime.prompts import DESCRIBE_PROMPT
     from nanovla.data.scenes import generate
-    from nanovla.evaluate import evaluate, generated_rows
-    from nanovla.preprocess import preprocess
+    from nanovla.evaluation.scenes import evaluate, generated_rows
+    from nanovla.runtime.preprocess import preprocess
     from nanovla.runtime import load_runtime
 
     backend, path = args.worker, args.worker_model

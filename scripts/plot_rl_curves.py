@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 
-from nanovla.rl import plot_curves
+from nanovla.training.rl import plot_curves
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ MODEL="${NANOVLA_MODEL:-}"               # empty = the shipped default model
 PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python3)}"
 
 if [ -z "$MODEL" ]; then
-  default_model="$("$PYTHON" -c 'from nanovla.paths import default_model_dir; print(default_model_dir())')"
+  default_model="$("$PYTHON" -c 'from nanovla.model.paths import default_model_dir; print(default_model_dir())')"
   if [ ! -f "$default_model/config.json" ] && [ ! -f "$default_model/bundle.json" ]; then
     echo "ros_demo: no shipped model at $default_model; set NANOVLA_MODEL to a checkpoint or bundle directory" >&2
     exit 1

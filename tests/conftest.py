@@ -16,7 +16,7 @@ from tiny_models import build_tiny_model, tiny_model_config, tiny_tokenizer  # n
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A randomly initialised tiny checkpoint directory (config/weights/tokenizer/metrics)."""
-    from nanovla.checkpoint import save_checkpoint
+    from nanovla.model.checkpoint import save_checkpoint
 
     model, tok = build_tiny_model()
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny")

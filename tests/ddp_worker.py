@@ -13,7 +13,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import nanovla.train as train_module
+    import nanovla.training.train as train_module
     from train_helpers import killed_at
 
     with open(sys.argv[1]) as f:
@@ -27,9 +27,9 @@ def main() -> None:
 
     train_module.Progress.update = record
     if spec.get("toy_reward"):  # stage rl: a reward a random tiny model can earn (1 for a reply starting a-m)
-        import nanovla.rl
+        import nanovla.training.rl
 
-        nanovla.rl.reward = lambda prompt, text, finished: float(bool(text) and "a" <= text[0].lower() <= "m")
+        nanovla.training.rl.reward = lambda prompt, text, finished: float(bool(text) and "a" <= text[0].lower() <= "m")
     killed = contextlib.nullcontext()
     if spec.get("crash_at") is not None:  # a killed run: every rank stops at the same step
         killed = killed_at(train_module, spec["crash_at"], SystemExit(3))

@@ -26,7 +26,7 @@ def build_varied_model(seed: int = 0):
 
 
 def save_varied_checkpoint(path: str, seed: int = 0) -> str:
-    from nanovla.checkpoint import save_checkpoint
+    from nanovla.model.checkpoint import save_checkpoint
 
     model, tok = build_varied_model(seed)
     save_checkpoint(path, model, tok, {"note": "scaled random tiny model for export tests"})

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tiny_models import build_tiny_model
-from nanovla.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nanovla.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nanovla.cli import main
 
 
@@ -146,7 +146,7 @@ def test_corrupt_and_non_image_files(tmp_path, tiny_checkpoint, capsys):
 
 
 def test_huge_image_refused_before_decoding(tmp_path):
-    from nanovla.preprocess import ImageError, load_image
+    from nanovla.runtime.preprocess import ImageError, load_image
     import cv2
     import numpy as np
     ok, png = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))
@@ -170,7 +170,7 @@ def test_every_shipped_recipe_parses(monkeypatch):
     """A recipe with an unknown key or a bad value fails here, not an hour into a run."""
     import glob
 
-    from nanovla.recipe import load_recipe
+    from nanovla.training.recipe import load_recipe
 
     monkeypatch.setenv("MODELS", "/nonexistent/models")
     paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "**", "*.toml"),
@@ -185,7 +185,7 @@ def test_every_shipped_recipe_parses(monkeypatch):
 def test_recipe_paths_expand_variables_with_defaults(monkeypatch):
     """`${NANOVLA_RUNS:-runs}`: runs/ in the checkout by default, elsewhere (a resumable state that
     outlives the checkout) when the variable is set; a plain unset $VAR is still an error."""
-    from nanovla.recipe import expand
+    from nanovla.training.recipe import expand
 
     monkeypatch.delenv("NANOVLA_RUNS", raising=False)
     assert expand("${NANOVLA_RUNS:-runs}/default/sft", "t") == "runs/default/sft"
@@ -197,7 +197,7 @@ def test_recipe_paths_expand_variables_with_defaults(monkeypatch):
 
 
 def test_recipe_with_bad_question_weights_fails_at_load(tmp_path):
-    from nanovla.recipe import load_recipe
+    from nanovla.training.recipe import load_recipe
 
     for weights, message in (("{nearness = 2.0}", "unknown question type 'nearness'"),
                              ("{near_far = -1.0}", "near_far = -1.0 is not a non-negative number")):

@@ -1,4 +1,4 @@
-"""The one dataclass-to-argparse helper (nanovla.cli_common), used by `nanovla train` (TrainConfig)
+"""The one dataclass-to-argparse helper (nanovla.cli.common), used by `nanovla train` (TrainConfig)
 and `nanovla export` (ExportOptions)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from nanovla.cli_common import CLIError, add_dataclass_args, dataclass_from_args, given_fields
+from nanovla.cli.common import CLIError, add_dataclass_args, dataclass_from_args, given_fields
 
 
 @dataclass
@@ -53,14 +53,15 @@ def test_unknown_base_keys_are_a_cli_error():
 def test_train_and_export_flags_come_from_the_helper():
     import dataclasses
 
-    from nanovla import cli, cli_common
-    from nanovla.export import cli as export_cli
-    from nanovla.export.formats import ExportOptions
-    from nanovla.train_config import TrainConfig
+    import importlib
 
-    assert cli.add_dataclass_args is cli_common.add_dataclass_args
-    assert export_cli.add_dataclass_args is cli_common.add_dataclass_args
-    p = cli.build_parser()
+    from nanovla.cli import build_parser, common
+    from nanovla.export.formats import ExportOptions
+    from nanovla.training.config import TrainConfig
+
+    cli_main = importlib.import_module("nanovla.cli.main")  # the module (nanovla.cli.main is also main())
+    assert cli_main.add_dataclass_args is common.add_dataclass_args  # one helper builds train and export flags
+    p = build_parser()
     args = p.parse_args(["export", "ckpt", "--to", "onnx", "--allow-drift", "--parity-scenes", "3"])
     assert given_fields(ExportOptions, args) == {"allow_drift", "parity_scenes"}
     assert dataclass_from_args(ExportOptions, args) == ExportOptions(allow_drift=True, parity_scenes=3)

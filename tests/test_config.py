@@ -16,8 +16,8 @@ ADDED = {"vision": ["hf_config"], "projector": ["positions", "projection"], "dec
 
 def test_an_older_config_json_loads_with_the_defaults(tiny_checkpoint, tmp_path):
     torch = pytest.importorskip("torch")
-    from nanovla.checkpoint import load_checkpoint
-    from nanovla.config import DecoderConfig, ProjectorConfig, VisionConfig
+    from nanovla.model.checkpoint import load_checkpoint
+    from nanovla.model.config import DecoderConfig, ProjectorConfig, VisionConfig
 
     old = str(tmp_path / "old")
     shutil.copytree(tiny_checkpoint, old)
@@ -48,7 +48,7 @@ def test_an_older_config_json_loads_with_the_defaults(tiny_checkpoint, tmp_path)
 
 def test_an_unknown_config_key_is_an_error(tiny_checkpoint, tmp_path):
     pytest.importorskip("torch")
-    from nanovla.checkpoint import CheckpointError, load_checkpoint
+    from nanovla.model.checkpoint import CheckpointError, load_checkpoint
 
     bad = str(tmp_path / "bad")
     shutil.copytree(tiny_checkpoint, bad)

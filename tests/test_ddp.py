@@ -64,7 +64,7 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path, tiny_checkpo
     assert single[0] != single[-1]  # it trains
     for a, b in zip(single, multi):
         assert abs(a - b) <= TOLERANCE * max(1.0, abs(a)), (single, multi)
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
 
     one, _, _ = load_checkpoint(str(tmp_path / "one"))
     two, _, _ = load_checkpoint(str(tmp_path / "two"))  # rank 0's atomic save (gathered under FSDP)
@@ -73,7 +73,7 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path, tiny_checkpo
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_checkpoint, sources):
-    from nanovla.train import TrainConfig, train
+    from nanovla.training.train import TrainConfig, train
 
     big = train(TrainConfig(**_config(tiny_checkpoint, sources, str(tmp_path / "big"), batch_size=8, steps=3)),
                 log=lambda m: None)
@@ -83,8 +83,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_checkpoint, 
 
 
 def test_killed_run_resumes_exactly(tmp_path, tiny_checkpoint, sources):
-    import nanovla.train as train_module
-    from nanovla.checkpoint import load_checkpoint
+    import nanovla.training.train as train_module
+    from nanovla.model.checkpoint import load_checkpoint
 
     config = _config(tiny_checkpoint, sources, str(tmp_path / "straight"), steps=5, save_every=2, batch_size=3)
     train_module.train(train_module.TrainConfig(**config), log=lambda m: None)
@@ -104,7 +104,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_checkpoint, sources):
 def test_fsdp_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, tiny_checkpoint, sources):
     """Rank 0 writes gathered weights + optimizer moments + data position; both ranks scatter them
     back on resume."""
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
 
     straight = _config(tiny_checkpoint, sources, str(tmp_path / "straight"), batch_size=8, steps=4)
     _run(tmp_path, "straight", straight)
@@ -123,7 +123,7 @@ def test_rl_stage_runs_in_two_processes(tmp_path, tiny_checkpoint):
     """Stage rl under torchrun: each rank samples its own groups, the gradients are averaged, rank 0
     writes the checkpoint with the curves of both ranks' rewards."""
     from data_helpers import generate_scene_dir
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
 
     scenes = generate_scene_dir(str(tmp_path / "scenes"), count=6, seed=5)
     config = _config(tiny_checkpoint, [], str(tmp_path / "rl"), stage="rl", data=scenes, steps=3, batch_size=2,

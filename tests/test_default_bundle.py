@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from nanovla.paths import default_bundle_dir, default_model_dir
+from nanovla.model.paths import default_bundle_dir, default_model_dir
 from nanovla.runtime.base import RuntimeError_, choose_backend
 from nanovla.runtime.bundle import is_bundle, read_bundle, weights_digest
 
@@ -33,7 +33,7 @@ def test_the_shipped_bundle_was_exported_from_the_shipped_weights(bundle):
 
 
 def test_the_shipped_bundle_has_the_shipped_tokenizer(bundle):
-    from nanovla.tokenizer import tokenizer_fingerprint
+    from nanovla.model.tokenizer import tokenizer_fingerprint
 
     assert bundle["tokenizer"]["fingerprint"] == tokenizer_fingerprint(
         os.path.join(default_model_dir(), "tokenizer.json")), f"the tokenizer changed; {REEXPORT}"

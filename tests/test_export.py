@@ -46,7 +46,7 @@ def int8_bundle(checkpoint, tmp_path_factory):
 
 
 def _load(checkpoint):
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
 
     model, tok, _ = load_checkpoint(checkpoint)
     return model, tok
@@ -68,7 +68,7 @@ def test_graphs_are_valid_onnx_with_metadata(fp32_bundle):
 def test_graphs_match_pytorch(checkpoint, fp32_bundle):
     from nanovla.data.scenes import generate
     from nanovla.export.parity import decode_through_graph
-    from nanovla.preprocess import preprocess
+    from nanovla.runtime.preprocess import preprocess
     from nanovla.runtime.ort_backend import OnnxRuntime
 
     model, tok = _load(checkpoint)

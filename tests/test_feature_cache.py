@@ -8,8 +8,8 @@ import torch
 
 from nanovla.data.dataset import Mixture, SceneSet
 from nanovla.data.scenes import generate
-from nanovla.feature_cache import pooled_feature_cache
-from nanovla.preprocess import resize_uint8
+from nanovla.training.feature_cache import pooled_feature_cache
+from nanovla.runtime.preprocess import resize_uint8
 from tiny_models import build_tiny_model
 
 

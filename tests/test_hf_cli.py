@@ -62,8 +62,8 @@ def test_init_from_a_users_trained_yolo_checkpoint(tmp_path):
     """A local ultralytics .pt (a team's own detector): its neck features feed the projector."""
     from ultralytics.nn.tasks import DetectionModel
 
-    from nanovla.checkpoint import load_checkpoint
-    from nanovla.pretrained import init_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
+    from nanovla.model.pretrained import init_checkpoint
 
     torch.manual_seed(0)
     detector = DetectionModel("yolov9t.yaml", ch=3, nc=3, verbose=False)
@@ -86,7 +86,7 @@ def test_pretrained_parts_export_to_a_bundle_that_matches_torch(tmp_path, encode
     exporter = pytest.importorskip("nanovla.export.exporter")
     from nanovla.data.scenes import generate
     from nanovla.export.formats import ExportOptions
-    from nanovla.pretrained import init_checkpoint
+    from nanovla.model.pretrained import init_checkpoint
     from nanovla.runtime import load_runtime
 
     enc = save_tiny_vision(str(tmp_path / "enc"), encoder)

@@ -15,7 +15,7 @@ LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, 
 
 
 def _logits_error(path):
-    from nanovla.hf_decoder import load_hf_decoder
+    from nanovla.model.decoder_hf import load_hf_decoder
 
     gpt, tok, provenance = load_hf_decoder(path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
@@ -46,7 +46,7 @@ def test_logits_parity(tmp_path, family, pad, overrides):
 
 
 def test_new_tokens_are_mean_rows_and_never_greedy(tmp_path):
-    from nanovla.tokenizer import SPECIAL_TOKENS
+    from nanovla.model.tokenizer import SPECIAL_TOKENS
 
     path = save_tiny_decoder(str(tmp_path / "m"), "llama")
     _, gpt, tok, provenance, ids = _logits_error(path)
@@ -63,8 +63,8 @@ def test_new_tokens_are_mean_rows_and_never_greedy(tmp_path):
 
 def test_rope_scaling_changes_logits(tmp_path):
     """The scaled checkpoint differs from the same weights without scaling (so parity above is real)."""
-    from nanovla.gpt import GPT
-    from nanovla.hf_decoder import load_hf_decoder
+    from nanovla.model.decoder import GPT
+    from nanovla.model.decoder_hf import load_hf_decoder
 
     path = save_tiny_decoder(str(tmp_path / "s"), "llama", rope_scaling=LLAMA3_SCALING)
     gpt, tok, _ = load_hf_decoder(path)
@@ -79,7 +79,7 @@ def test_rope_scaling_changes_logits(tmp_path):
 
 
 def test_export_back_to_transformers(tmp_path):
-    from nanovla.hf_decoder import export_hf, load_hf_decoder, read_hf_config
+    from nanovla.model.decoder_hf import export_hf, load_hf_decoder, read_hf_config
 
     path = save_tiny_decoder(str(tmp_path / "q"), "qwen2")
     gpt, tok, _ = load_hf_decoder(path)
@@ -94,7 +94,7 @@ def test_export_back_to_transformers(tmp_path):
 
 
 def test_clear_errors(tmp_path):
-    from nanovla.hf_decoder import HFDecoderError, load_hf_decoder
+    from nanovla.model.decoder_hf import HFDecoderError, load_hf_decoder
 
     with pytest.raises(HFDecoderError, match="no such directory"):
         load_hf_decoder(str(tmp_path / "absent"))

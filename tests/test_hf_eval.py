@@ -13,7 +13,7 @@ pytest.importorskip("pyarrow")
 
 
 def test_vqa_normalisation_matches_the_official_rules():
-    from nanovla.evaluate_formats import normalize_vqa_answer as n
+    from nanovla.evaluation.formats import normalize_vqa_answer as n
 
     assert n("Two") == "2" and n("the dog.") == "dog" and n("an apple") == "apple"
     assert n("yes!") == "yes" and n("dont") == "don't" and n("1,000") == "1000"
@@ -21,7 +21,7 @@ def test_vqa_normalisation_matches_the_official_rules():
 
 
 def test_vqa_soft_accuracy():
-    from nanovla.evaluate_formats import vqa_soft_accuracy
+    from nanovla.evaluation.formats import vqa_soft_accuracy
 
     answers = ["2"] * 7 + ["two", "many", "3"]  # "two" normalises to "2": 8 annotators agree
     assert vqa_soft_accuracy("two", answers) == 1.0
@@ -33,7 +33,7 @@ def test_vqa_soft_accuracy():
 
 def test_caption_object_recall_precision(monkeypatch):
     from nanovla.data.formats import Record, Source
-    from nanovla.evaluate_formats import evaluate_source
+    from nanovla.evaluation.formats import evaluate_source
 
     class FakeRuntime:
         def encode(self, image):
@@ -46,7 +46,7 @@ def test_caption_object_recall_precision(monkeypatch):
 
     import numpy as np
 
-    import nanovla.evaluate_formats as ef
+    import nanovla.evaluation.formats as ef
 
     records = [Record([{"role": "user", "content": DESCRIBE_PROMPT}, {"role": "assistant", "content": "x"}],
                       image=b"png", answers=["x"], objects=["red cube", "blue ball", "white ring"])]

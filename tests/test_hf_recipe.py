@@ -21,7 +21,7 @@ RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 def test_gpu_recipe_smoke_runs_on_cpu(tmp_path, monkeypatch, capsys):
     from nanovla.cli import main
-    from nanovla.recipe import load_recipe, run_recipe
+    from nanovla.training.recipe import load_recipe, run_recipe
 
     models, data = tmp_path / "models", tmp_path / "data"
     save_tiny_vision(str(models / "siglip-base-patch16-224"), "siglip", image_size=224, patch_size=16)

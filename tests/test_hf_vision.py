@@ -12,8 +12,8 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_patch_tokens_equal_transformers_penultimate_layer(tmp_path, kind):
-    from nanovla.config import VisionConfig
-    from nanovla.hf_vision import HFVisionEncoder
+    from nanovla.model.config import VisionConfig
+    from nanovla.model.vision_hf import HFVisionEncoder
 
     path = save_tiny_vision(str(tmp_path / kind), kind)
     encoder = HFVisionEncoder(VisionConfig(kind=kind, path=path, image_height=32, image_width=32)).eval()
@@ -39,8 +39,8 @@ def test_vlm_from_pretrained_parts_round_trips_through_a_checkpoint(tmp_path, ki
 
     from hf_helpers import save_tiny_decoder
 
-    from nanovla.checkpoint import load_checkpoint
-    from nanovla.pretrained import init_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
+    from nanovla.model.pretrained import init_checkpoint
 
     enc = save_tiny_vision(str(tmp_path / "enc"), kind)
     dec = save_tiny_decoder(str(tmp_path / "dec"), "smollm2")
@@ -61,8 +61,8 @@ def test_vlm_from_pretrained_parts_round_trips_through_a_checkpoint(tmp_path, ki
 
 
 def test_bad_directory_is_one_clear_error(tmp_path):
-    from nanovla.config import VisionConfig
-    from nanovla.hf_vision import HFVisionEncoder, detect_kind
+    from nanovla.model.config import VisionConfig
+    from nanovla.model.vision_hf import HFVisionEncoder, detect_kind
 
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         HFVisionEncoder(VisionConfig(kind="clip", path=str(tmp_path / "absent")))

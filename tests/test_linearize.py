@@ -8,8 +8,8 @@ from tiny_models import tiny_model_config
 
 
 def test_linear_projection_is_one_linear_layer_and_unknown_ones_are_refused():
-    from nanovla.config import ModelConfig, ProjectorConfig
-    from nanovla.projector import Projector
+    from nanovla.model.config import ModelConfig, ProjectorConfig
+    from nanovla.model.projector import Projector
 
     proj = Projector(ProjectorConfig(grid=(2, 3), width=32, projection="linear"), [4, 8], [(4, 6), (2, 3)], n_embd=16)
     assert set(proj.state_dict()) == {"pos", "mlp.0.weight", "mlp.0.bias", "resampler.norm.weight",
@@ -20,7 +20,7 @@ def test_linear_projection_is_one_linear_layer_and_unknown_ones_are_refused():
 
 
 def test_fit_linear_recovers_a_linear_map():
-    from nanovla.linearize import fit_linear
+    from nanovla.training.linearize import fit_linear
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(500, 6, generator=g, dtype=torch.float64)
@@ -44,9 +44,9 @@ def scenes(tmp_path_factory):
 def test_linearize_stage_fits_the_mlp_keeps_every_other_weight_and_sft_continues(tmp_path, scenes):
     from tiny_models import tiny_tokenizer
 
-    from nanovla.checkpoint import load_checkpoint, read_metrics, save_checkpoint
-    from nanovla.train import TrainConfig, train
-    from nanovla.vlm import VisionLanguageModel
+    from nanovla.model.checkpoint import load_checkpoint, read_metrics, save_checkpoint
+    from nanovla.training.train import TrainConfig, train
+    from nanovla.model.vlm import VisionLanguageModel
 
     torch.manual_seed(0)
     tok = tiny_tokenizer()
@@ -88,7 +88,7 @@ def test_linearize_stage_fits_the_mlp_keeps_every_other_weight_and_sft_continues
 
 
 def test_linearize_needs_an_init_checkpoint():
-    from nanovla.train import TrainConfig
+    from nanovla.training.train import TrainConfig
 
     with pytest.raises(ValueError, match="needs --init"):
         TrainConfig(stage="linearize").validate()

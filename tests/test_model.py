@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tiny_models import build_tiny_model
-from nanovla.engine import Engine, SamplingConfig
+from nanovla.runtime.engine import Engine, SamplingConfig
 from nanovla.runtime.prompts import DESCRIBE_PROMPT
 
 
@@ -30,8 +30,8 @@ def test_perceiver_resampler_token_count():
 
 
 def test_sincos_positions_tell_the_grid_cells_apart():
-    from nanovla.config import ProjectorConfig
-    from nanovla.projector import Projector
+    from nanovla.model.config import ProjectorConfig
+    from nanovla.model.projector import Projector
 
     same = [torch.ones(1, 4, 4, 6), torch.ones(1, 8, 2, 3)]  # one feature everywhere, two levels
     codes = {}
@@ -49,7 +49,7 @@ def test_sincos_positions_tell_the_grid_cells_apart():
 
 
 def test_sincos_positions_need_the_grid_resampler():
-    from nanovla.config import ModelConfig, ProjectorConfig
+    from nanovla.model.config import ModelConfig, ProjectorConfig
 
     with pytest.raises(ValueError, match="sincos"):
         ModelConfig(projector=ProjectorConfig(resampler="perceiver", positions="sincos")).validate()
@@ -152,7 +152,7 @@ def test_loss_only_on_assistant_tokens():
 def test_tiny_model_overfits_a_handful_of_scenes():
     """Trained on 4 scenes with 4 different answers, the model answers each from its image."""
     from nanovla.data.scenes import generate
-    from nanovla.preprocess import preprocess
+    from nanovla.runtime.preprocess import preprocess
 
     torch.manual_seed(0)
     model, tok = build_tiny_model(seed=0)

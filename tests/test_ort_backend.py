@@ -52,7 +52,7 @@ def test_runs_without_torch(bundle, tmp_path):
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
         from nanovla.runtime import load_runtime
-        from nanovla.preprocess import load_image
+        from nanovla.runtime.preprocess import load_image
         rt = load_runtime({bundle!r}, backend="onnxruntime", threads=1)
         print(len(rt.describe(load_image({image!r}), max_new_tokens=6).token_ids))
         from nanovla.cli import main
@@ -131,7 +131,7 @@ def test_default_cpu_threads_is_one_on_a_two_cpu_machine(monkeypatch):
     """On <= 2 logical CPUs a second intra-op thread makes describe ~3x slower (README), so the
     default is 1 there; elsewhere (and for GPU providers) onnxruntime's own default."""
     import nanovla.runtime.ort_backend as ort_backend
-    from nanovla.paths import default_bundle_dir
+    from nanovla.model.paths import default_bundle_dir
 
     assert ort_backend.default_cpu_threads("cpu", 2) == 1 and ort_backend.default_cpu_threads("cpu", 1) == 1
     assert ort_backend.default_cpu_threads("cpu", 16) is None and ort_backend.default_cpu_threads("cuda", 2) is None

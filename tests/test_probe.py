@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from nanovla.probe import format_table, logistic_accuracy, probe, ridge_r2
+from nanovla.evaluation.probe import format_table, logistic_accuracy, probe, ridge_r2
 
 
 def test_probes_read_a_linear_signal_and_nothing_from_noise():
@@ -20,7 +20,7 @@ def test_probes_read_a_linear_signal_and_nothing_from_noise():
 
 
 def test_probe_of_a_tiny_model_reports_tokens_and_answers(tiny_checkpoint):
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
 
     model, tok, _ = load_checkpoint(tiny_checkpoint)
     result = probe(model, tok, scenes=12, split="eval", seed=5)

@@ -6,9 +6,9 @@ import dataclasses
 import json
 import os
 
-from nanovla.paths import default_model_dir
-from nanovla.recipe import load_recipe
-from nanovla.train import TrainConfig
+from nanovla.model.paths import default_model_dir
+from nanovla.training.recipe import load_recipe
+from nanovla.training.train import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATHS = {"init", "out", "cache_dir"}

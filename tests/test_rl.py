@@ -13,8 +13,8 @@ import torch
 
 from data_helpers import generate_scene_dir
 from train_helpers import killed_at
-from nanovla import rewards
-from nanovla.rl import group_advantages, grpo_loss, pack, sample_group, train_rl_stage, Rollout
+from nanovla.training import rewards
+from nanovla.training.rl import group_advantages, grpo_loss, pack, sample_group, train_rl_stage, Rollout
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def scene_dir(tmp_path_factory):
 
 
 def _config(scene_dir, init, out, cache, **kw):
-    from nanovla.train import TrainConfig
+    from nanovla.training.train import TrainConfig
 
     base = dict(stage="rl", init=init, data=scene_dir, out=out, cache_dir=cache, steps=4, batch_size=3, rl_group=4,
                 rl_max_new_tokens=6, lr=1e-3, warmup_steps=0, train_last_k=-1, eval_scenes=0, heldout_scenes=0,
@@ -67,7 +67,7 @@ def test_group_advantages_are_standardised_within_each_group():
 
 
 def test_kl_is_exactly_zero_when_the_policy_is_the_reference(tiny_checkpoint):
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
 
     model, tok, _ = load_checkpoint(tiny_checkpoint)
     reference, _, _ = load_checkpoint(tiny_checkpoint)
@@ -89,8 +89,8 @@ def test_kl_is_exactly_zero_when_the_policy_is_the_reference(tiny_checkpoint):
 def test_sampled_groups_follow_the_cached_decoder(tiny_checkpoint):
     """Each sampled completion's tokens are what the uncached model would give the same draws:
     greedy sampling (a tiny temperature) of every row equals the engine's greedy answer."""
-    from nanovla.checkpoint import load_checkpoint
-    from nanovla.engine import Engine
+    from nanovla.model.checkpoint import load_checkpoint
+    from nanovla.runtime.engine import Engine
 
     model, tok, _ = load_checkpoint(tiny_checkpoint)
     pixels = torch.rand(1, 3, 64, 96)
@@ -128,7 +128,7 @@ def first_half_of_the_alphabet(prompt, text, finished):
 def test_reward_rises_on_a_toy_task(tmp_path, scene_dir, tiny_checkpoint):
     """A verifiable toy reward (1 when the sample's text starts with a letter a-m): a tiny random
     model's mean reward rises within a few GRPO steps."""
-    from nanovla.checkpoint import load_checkpoint
+    from nanovla.model.checkpoint import load_checkpoint
     from nanovla.data.dataset import load_data_dir
 
     torch.manual_seed(0)
@@ -145,7 +145,7 @@ def test_reward_rises_on_a_toy_task(tmp_path, scene_dir, tiny_checkpoint):
 
 def test_rl_stage_writes_curves_and_a_loadable_checkpoint(tmp_path, scene_dir, tiny_checkpoint):
     from nanovla.runtime.torch_backend import TorchRuntime
-    from nanovla.train import train
+    from nanovla.training.train import train
 
     out = str(tmp_path / "rl")
     train(_config(scene_dir, tiny_checkpoint, out, str(tmp_path / "cache"), eval_scenes=2), log=lambda m: None)
@@ -159,9 +159,9 @@ def test_rl_stage_writes_curves_and_a_loadable_checkpoint(tmp_path, scene_dir, t
 
 
 def test_killed_rl_stage_resumes_exactly(tmp_path, scene_dir, tiny_checkpoint, monkeypatch):
-    import nanovla.rl as rl_module
-    from nanovla.checkpoint import load_checkpoint
-    from nanovla.train import train
+    import nanovla.training.rl as rl_module
+    from nanovla.model.checkpoint import load_checkpoint
+    from nanovla.training.train import train
 
     cache = str(tmp_path / "cache")
     monkeypatch.setattr(rl_module, "reward", first_half_of_the_alphabet)  # a reward the random model can earn
@@ -184,7 +184,7 @@ def test_killed_rl_stage_resumes_exactly(tmp_path, scene_dir, tiny_checkpoint, m
 
 
 def test_rl_stage_refuses_bad_settings(tiny_checkpoint):
-    from nanovla.train import TrainConfig
+    from nanovla.training.train import TrainConfig
 
     with pytest.raises(ValueError, match="rl_group"):
         TrainConfig(stage="rl", init=tiny_checkpoint, rl_group=1).validate()
@@ -206,7 +206,7 @@ def test_rl_on_a_data_set_from_disk_rewards_reference_answers(tmp_path, tiny_che
     """VQA records (with every annotator's answer) and a LLaVA file with a missing image: the stage
     draws only records with an image and an answer, skips the undecodable one, and trains."""
     from data_helpers import make_llava, make_vqa
-    from nanovla.train import train
+    from nanovla.training.train import train
 
     vqa = make_vqa(str(tmp_path / "vqa"), n=4)
     llava = make_llava(str(tmp_path / "llava"), n=4)
@@ -217,7 +217,7 @@ def test_rl_on_a_data_set_from_disk_rewards_reference_answers(tmp_path, tiny_che
     cfg = _config("", tiny_checkpoint, out, str(tmp_path / "cache"), sources=sources, data="", steps=3,
                   batch_size=4, rl_max_new_tokens=4)
     seen = []
-    import nanovla.rl as rl_module
+    import nanovla.training.rl as rl_module
 
     def spy(prompt, text, finished):
         seen.append(prompt)

@@ -185,8 +185,8 @@ def forced_sampler(monkeypatch):
 def test_the_torch_engine_draws_from_the_one_sampler(forced_sampler):
     import torch
 
-    from nanovla.engine import Engine
-    from nanovla.engine import SamplingConfig as EngineSamplingConfig
+    from nanovla.runtime.engine import Engine
+    from nanovla.runtime.engine import SamplingConfig as EngineSamplingConfig
     from tiny_models import build_tiny_model
 
     assert EngineSamplingConfig is SamplingConfig  # re-exported, not a copy
@@ -201,7 +201,7 @@ def test_the_torch_engine_draws_from_the_one_sampler(forced_sampler):
 
 
 def test_the_onnxruntime_backend_draws_from_the_one_sampler(forced_sampler):
-    from nanovla.paths import default_bundle_dir
+    from nanovla.model.paths import default_bundle_dir
     from nanovla.runtime import load_runtime
 
     runtime = load_runtime(default_bundle_dir(), backend="onnxruntime", threads=1)

@@ -2,7 +2,7 @@ import numpy as np
 
 from nanovla.data.language import QA_TYPES, all_questions, caption, caption_mentions, normalize_answer, sample_questions
 from nanovla.data.scenes import COLORS, HELDOUT_PAIRS, KINDS, generate
-from nanovla.evaluate import caption_counts, f1
+from nanovla.evaluation.scenes import caption_counts, f1
 
 
 def test_same_seed_same_scene_different_split_different_scene():
@@ -150,7 +150,7 @@ def test_text_turns_ask_only_what_the_caption_words_answer():
 
 def test_caption_place_accuracy_compares_objects_named_once_in_both():
     from nanovla.data.language import caption_places
-    from nanovla.evaluate import place_counts
+    from nanovla.evaluation.scenes import place_counts
 
     reference = "a red cube on the left at the back, a blue ball in the middle at the front and a red cube on the right at the front."
     assert caption_places(reference)[("blue", "ball")] == ["in the middle at the front"]

@@ -172,7 +172,7 @@ def test_unknown_paths_and_methods_are_json_errors(server):
     assert status == 404 and json.loads(raw)["error"]["type"] == "not_found_error"
     status, raw = request(server["base"] + "/v1/models", b"{}")
     assert status == 405 and "error" in json.loads(raw)
-    status, raw = request(server["base"] + "/samples/..%2F..%2Fcli.py")
+    status, raw = request(server["base"] + "/samples/..%2F..%2F__init__.py")  # nanovla/__init__.py exists
     assert status == 404
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from tiny_models import tiny_tokenizer
-from nanovla.tokenizer import SPECIAL_TOKENS, Tokenizer, check_question
+from nanovla.model.tokenizer import SPECIAL_TOKENS, Tokenizer, check_question
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ SAMPLE = os.path.join(REPO, "nanovla", "assets", "samples", "scene_0.jpg")
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from nanovla.paths import default_bundle_dir
+    from nanovla.model.paths import default_bundle_dir
     from nanovla.runtime.bundle import is_bundle
 
     assert is_bundle(default_bundle_dir()), "no shipped bundle: run bash scripts/export_default_bundle.sh"
@@ -64,7 +64,7 @@ def test_asking_for_torch_without_it_is_one_line(env):
 
 
 def test_info_reads_a_checkpoint_and_a_bundle_without_torch(env):
-    from nanovla.paths import default_bundle_dir, default_model_dir
+    from nanovla.model.paths import default_bundle_dir, default_model_dir
 
     checkpoint = json.loads(nanovla(env, "info", "--model", default_model_dir()).stdout)
     assert checkpoint["config"]["model"]["decoder"]["n_layer"] >= 1 and "train_config" in checkpoint["metrics"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nanovla.data.scenes import COLOR_NAMES, KINDS, Scene, SceneObject
-from nanovla.vision_stage import dense_targets
+from nanovla.training.vision_stage import dense_targets
 from tiny_models import tiny_model_config
 from train_helpers import killed_at
 
@@ -49,7 +49,7 @@ def scene_dir(tmp_path_factory):
 
 
 def _config(scene_dir, out, **kw):
-    from nanovla.train import TrainConfig
+    from nanovla.training.train import TrainConfig
 
     base = dict(stage="vision", data=scene_dir, out=out, steps=60, batch_size=8, vision_lr=3e-3, warmup_steps=5,
                 eval_scenes=8, heldout_scenes=0, save_every=0, log_every=10, seed=3)
@@ -58,8 +58,8 @@ def _config(scene_dir, out, **kw):
 
 
 def test_vision_stage_learns_the_cells_and_the_text_stage_starts_from_it(tmp_path, scene_dir):
-    from nanovla.checkpoint import load_checkpoint, read_metrics
-    from nanovla.train import train
+    from nanovla.model.checkpoint import load_checkpoint, read_metrics
+    from nanovla.training.train import train
 
     torch.manual_seed(0)
     metrics = train(_config(scene_dir, str(tmp_path / "vision")), tiny_model_config(), log=lambda m: None)
@@ -80,13 +80,13 @@ def test_vision_stage_learns_the_cells_and_the_text_stage_starts_from_it(tmp_pat
 
 
 def test_killed_vision_stage_resumes_exactly(tmp_path, scene_dir):
-    import nanovla.train as train_module
-    from nanovla.checkpoint import load_checkpoint
+    import nanovla.training.train as train_module
+    from nanovla.model.checkpoint import load_checkpoint
 
     torch.manual_seed(0)
     train_module.train(_config(scene_dir, str(tmp_path / "straight"), steps=5, save_every=2), tiny_model_config(),
                        log=lambda m: None)
-    import nanovla.vision_stage as vision_module
+    import nanovla.training.vision_stage as vision_module
 
     torch.manual_seed(0)
     cfg = _config(scene_dir, str(tmp_path / "killed"), steps=5, save_every=2)
@@ -103,7 +103,7 @@ def test_killed_vision_stage_resumes_exactly(tmp_path, scene_dir):
 
 
 def test_vision_stage_refuses_data_sets_without_boxes(tmp_path):
-    from nanovla.train import TrainConfig, train
+    from nanovla.training.train import TrainConfig, train
 
     cfg = TrainConfig(stage="vision", sources=[{"path": str(tmp_path / "llava.json")}], out=str(tmp_path / "o"))
     (tmp_path / "llava.json").write_text("[]")

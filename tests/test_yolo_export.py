@@ -66,9 +66,9 @@ def test_ultralytics_trainer_on_the_scenes_feeds_the_encoder(scenes, tmp_path):
     import torch
     from ultralytics import YOLO
 
-    from nanovla.config import VisionConfig
+    from nanovla.model.config import VisionConfig
     from nanovla.data.yolo import export_yolo
-    from nanovla.vision import YoloNeckEncoder
+    from nanovla.model.vision import YoloNeckEncoder
 
     export_yolo(scenes, str(tmp_path / "yolo"), log=lambda m: None)
     YOLO("yolov9t.yaml").train(data=str(tmp_path / "yolo" / "dataset.yaml"), epochs=1, imgsz=64, batch=4,

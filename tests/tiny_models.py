@@ -9,7 +9,7 @@ import numpy as np
 
 
 def tiny_model_config(resampler: str = "grid"):
-    from nanovla.config import DecoderConfig, ModelConfig, ProjectorConfig, VisionConfig
+    from nanovla.model.config import DecoderConfig, ModelConfig, ProjectorConfig, VisionConfig
 
     return ModelConfig(
         vision=VisionConfig(image_height=64, image_width=96),
@@ -25,7 +25,7 @@ def tiny_tokenizer(vocab_size: int = 400):
 
     scenes = [generate("train", 123, i)[1] for i in range(40)]
     data = SceneSet(np.zeros((len(scenes), 1, 1, 3), np.uint8), scenes, "train")
-    from nanovla.tokenizer import Tokenizer
+    from nanovla.model.tokenizer import Tokenizer
 
     return Tokenizer.train(corpus(data, np.random.default_rng(0)), vocab_size=vocab_size)
 
@@ -33,7 +33,7 @@ def tiny_tokenizer(vocab_size: int = 400):
 def build_tiny_model(resampler: str = "grid", seed: int = 0):
     import torch
 
-    from nanovla.vlm import VisionLanguageModel
+    from nanovla.model.vlm import VisionLanguageModel
 
     torch.manual_seed(seed)
     tok = tiny_tokenizer()

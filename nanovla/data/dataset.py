@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..preprocess import load_image, resize_uint8
+from ..runtime.preprocess import load_image, resize_uint8
 from ..runtime.prompts import DESCRIBE_PROMPT
-from ..tokenizer import Tokenizer
+from ..model.tokenizer import Tokenizer
 from .language import QA_TYPES, caption, check_type_weights, sample_questions
 from .scenes import ALL_PAIRS, Scene, SceneObject, generate
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..preprocess import ImageError, decode_image, load_image
+from ..runtime.preprocess import ImageError, decode_image, load_image
 from ..runtime.prompts import DESCRIBE_PROMPT
 
 FORMATS = ("llava", "coco", "vqa", "gqa", "hf", "nanovla")

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..preprocess import ImageError, resize_uint8
-from ..tokenizer import Tokenizer
+from ..runtime.preprocess import ImageError, resize_uint8
+from ..model.tokenizer import Tokenizer
 from .formats import Record, Source, record_image
 
 

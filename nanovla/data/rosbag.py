@@ -23,7 +23,7 @@ import time
 import cv2
 import numpy as np
 
-from ..preprocess import ImageError, decode_image
+from ..runtime.preprocess import ImageError, decode_image
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 

@@ -13,8 +13,17 @@ import shutil
 import time
 from typing import Callable
 
+from ..model.checkpoint import CheckpointError, atomic_directory_write, load_checkpoint
+from ..model.paths import PACKAGE_DIR
+from ..model.tokenizer import tokenizer_fingerprint
 from ..runtime.bundle import GRAPH_FILES, GRAPHS, file_entry, weights_digest, write_bundle_json
+from ..runtime.engine import Engine
+from ..runtime.ort_backend import OnnxRuntime
+from ..runtime.trt_backend import TensorRTRuntime
+from . import graphs, parity, quantize
 from .formats import FORMATS, ExportError, ExportOptions  # noqa: F401 (ExportError re-exported)
+from .graphs import set_metadata
+from .tensorrt_build import build_engines, require_tensorrt
 
 
 def _versions() -> dict:
@@ -31,7 +40,6 @@ def _versions() -> dict:
 
 def _io_from_onnx(path: str) -> dict:
     import onnx
-
     from onnx import TensorProto
 
     names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT32: "int32",
@@ -61,8 +69,6 @@ def _shown(name: str) -> str:
 def _source_name(checkpoint: str) -> str:
     """The checkpoint as bundle.json records it: a model inside the installed package (the shipped
     default) as "nanovla/..." so the shipped bundle does not carry the exporting machine's path."""
-    from ..paths import PACKAGE_DIR
-
     path = os.path.abspath(checkpoint)
     if os.path.commonpath([path, PACKAGE_DIR]) == PACKAGE_DIR:
         return os.path.join("nanovla", os.path.relpath(path, PACKAGE_DIR))
@@ -85,16 +91,12 @@ def _size(path: str) -> str:
 def export_bundle(checkpoint: str, to: str, out: str, options: ExportOptions | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """Export `checkpoint` as format `to` into the bundle directory `out`; returns bundle.json."""
-    from ..checkpoint import CheckpointError, atomic_directory_write, load_checkpoint
-
     if to not in FORMATS:
         raise ExportError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
     fmt = FORMATS[to]
     options = options or ExportOptions()
     options.validate(fmt)
     if fmt.name == "tensorrt":
-        from .tensorrt_build import require_tensorrt
-
         require_tensorrt()  # before minutes of export work: a clear line where there is no GPU/TensorRT
     try:
         model, tokenizer, _ = load_checkpoint(checkpoint)
@@ -112,11 +114,6 @@ def export_bundle(checkpoint: str, to: str, out: str, options: ExportOptions | N
 
 
 def _write_bundle(model, tokenizer, checkpoint, fmt, options: ExportOptions, tmp: str, log) -> dict:
-    from ..engine import Engine
-    from ..runtime.ort_backend import OnnxRuntime
-    from ..tokenizer import tokenizer_fingerprint
-    from . import graphs, parity, quantize
-
     cfg = model.cfg
     d = cfg.decoder
     producer = {"name": "nanovla export", "format": fmt.name, "versions": _versions(),
@@ -206,9 +203,6 @@ def _write_bundle(model, tokenizer, checkpoint, fmt, options: ExportOptions, tmp
         shutil.rmtree(fp32_dir)
     engines = None
     if fmt.name == "tensorrt":
-        from ..runtime.trt_backend import TensorRTRuntime
-        from .tensorrt_build import build_engines
-
         engines = build_engines(tmp, base["model"], options, log)
         write_bundle_json(tmp, {**bundle_json(tmp, "fp32", {"status": "pending"}), "engines": engines})
         t0 = time.perf_counter()
@@ -243,8 +237,6 @@ def _graph_entries(directory: str) -> dict:
 
 def _restamp(path: str, metadata: dict) -> None:
     import onnx
-
-    from .graphs import set_metadata
 
     proto = onnx.load(path)
     set_metadata(proto, metadata)

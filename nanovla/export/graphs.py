@@ -11,7 +11,7 @@ are masked out) and returns only the new position's key/value; the runtime write
 buffer. So a decode step never concatenates or copies the whole cache, inside the graph or out.
 The question's tokens go through the decode graph one at a time, like generated ones.
 
-The attention is re-written here rather than traced from `gpt.py` because the eager code picks
+The attention is re-written here rather than traced from `model/decoder.py` because the eager code picks
 `is_causal` / mask by Python branches on T and on `past`, which tracing would freeze. It uses
 the model's own weights (the decode graph fuses some of them, see DecodeGraph), and the tests
 hold both graphs to the eager model within a stated tolerance. Design choices for TensorRT: token
@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..gpt import rotate_half
-from ..vlm import VisionLanguageModel
+from ..model.decoder import rotate_half
+from ..model.vlm import VisionLanguageModel
 
 OPSET = 17
 MASKED = -30000.0  # additive mask value: exp() of it is 0, and it is representable in fp16

@@ -9,8 +9,12 @@ scenes and questions. Outside TOLERANCES the export fails unless --allow-drift.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from ..evaluation.scenes import evaluate, generated_rows
+from ..runtime.preprocess import preprocess
 from ..runtime.prompts import DESCRIBE_PROMPT
+from ..runtime.torch_backend import TorchRuntime
 
 # the stated tolerances (bundle.json records them beside the measurements)
 TOLERANCES = {
@@ -24,18 +28,11 @@ TENSOR_SCENES = 8  # scenes for the tensor-level comparison (the token compariso
 
 
 def eval_rows(count: int, seed: int, questions: int) -> list[dict]:
-    from ..evaluate import generated_rows
-
     return list(generated_rows("eval", seed, count, questions=questions))
 
 
 def fp32_vs_torch(model, tokenizer, ort_runtime, rows: list[dict], max_new_tokens: int = 64) -> dict:
     """Tensor errors on the first TENSOR_SCENES rows, greedy-token agreement on all rows."""
-    import torch
-
-    from ..preprocess import preprocess
-    from ..runtime.torch_backend import TorchRuntime
-
     torch_runtime = TorchRuntime.from_model(model, tokenizer)
     cfg = model.cfg
     sessions = ort_runtime.sessions
@@ -113,16 +110,12 @@ def decode_through_graph(session, prefix_cache: list[np.ndarray], prefix_len: in
 
 
 def accuracy(runtime, rows: list[dict]) -> dict:
-    from ..evaluate import evaluate
-
     metrics = evaluate(runtime, rows)
     return {"exact_match": metrics["exact_match"], "caption_f1": metrics["caption"]["f1"],
             "questions": metrics["questions"], "images": metrics["images"]}
 
 
 def quantized_vs_fp32(precision: str, fp32_runtime, quantized_runtime, rows: list[dict]) -> dict:
-    from ..preprocess import preprocess
-
     reference, mine = accuracy(fp32_runtime, rows), accuracy(quantized_runtime, rows)
     vision_err = 0.0
     if not hasattr(quantized_runtime, "sessions"):  # TensorRT: no per-graph sessions to compare tensors

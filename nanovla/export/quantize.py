@@ -25,14 +25,14 @@ import tempfile
 
 import numpy as np
 
+from ..data.scenes import generate
+from ..runtime.preprocess import preprocess
+
 FP32_IO = ("pixels", "image_tokens", "logits")  # kept fp32 in fp16 graphs
 
 
 def calibration_pixels(count: int, height: int, width: int, seed: int = 1234):
     """(1, 3, H, W) float32 frames from generated train scenes, preprocessed like the runtime."""
-    from ..data.scenes import generate
-    from ..preprocess import preprocess
-
     for i in range(count):
         image, _ = generate("train", seed, i)
         yield preprocess(image, height, width)
@@ -64,8 +64,13 @@ VISION_QUANTIZED_OPS = ["Conv", "MatMul", "Gemm", "Add", "Mul", "Concat", "MaxPo
 
 def quantize_vision_static(src: str, dst: str, count: int, method: str, height: int, width: int,
                            symmetric: bool = False) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

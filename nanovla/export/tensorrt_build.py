@@ -21,6 +21,7 @@ import time
 from ..runtime.bundle import GRAPHS, file_entry
 from ..runtime.gpu import cudart, gpu_name
 from .formats import ExportError
+from .quantize import quantize_vision_static
 
 
 def require_tensorrt():
@@ -108,8 +109,6 @@ def build_engines(bundle_dir: str, model: dict, options, log) -> dict:
     for graph in GRAPHS:
         source = os.path.join(bundle_dir, f"{graph}.onnx")
         if graph == "vision" and int8:
-            from .quantize import quantize_vision_static
-
             qdq = os.path.join(bundle_dir, "vision.qdq.onnx")
             quantize_vision_static(source, qdq, options.calibration_count, options.calibration_method,
                                    model["image_height"], model["image_width"], symmetric=True)

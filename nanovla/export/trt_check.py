@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..runtime.bundle import GRAPHS, read_bundle
+
 OPS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tensorrt_supported_ops.txt")
 # ops that only compute shapes; their int64 outputs are shape tensors, which TensorRT handles
 SHAPE_SOURCES = ("Shape", "Size", "Constant", "ConstantOfShape")
@@ -89,8 +91,6 @@ def check_onnx_for_tensorrt(path: str, dynamic_inputs: dict[str, tuple[str, ...]
 
 
 def check_bundle_for_tensorrt(bundle_dir: str) -> dict[str, dict]:
-    from ..runtime.bundle import GRAPHS, read_bundle
-
     data = read_bundle(bundle_dir, check_digests=False)
     reports = {}
     for graph in GRAPHS:

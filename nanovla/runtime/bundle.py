@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 
+from ..model.tokenizer import Tokenizer, tokenizer_fingerprint
+
 BUNDLE_FORMAT = "nanovla-bundle/1"
 BUNDLE_FILE = "bundle.json"
 GRAPHS = ("vision", "prefill", "decode")
@@ -104,8 +106,6 @@ def read_bundle(path: str, check_digests: bool = True) -> dict:
 
 
 def check_tokenizer(path: str, data: dict) -> None:
-    from ..tokenizer import Tokenizer, tokenizer_fingerprint
-
     file = os.path.join(path, data["tokenizer"]["file"])
     try:
         fingerprint = tokenizer_fingerprint(file)

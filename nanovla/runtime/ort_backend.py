@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bundle import BundleError, check_io, is_bundle, ort_io, read_bundle
-from ..preprocess import check_rgb, preprocess
-from ..tokenizer import Tokenizer, check_question
+from .preprocess import check_rgb, preprocess
+from ..model.tokenizer import Tokenizer, check_question
 from .base import Answer, Runtime, RuntimeError_, batch_decode_loop, decode_loop
 from .sampling import Sampler, SamplingConfig
 

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..engine import Engine, ImageContext
-from ..preprocess import check_rgb, preprocess
-from ..tokenizer import check_question
+from ..model.checkpoint import CheckpointError, load_checkpoint
+from .engine import Engine, ImageContext
+from .preprocess import check_rgb, preprocess
+from ..model.tokenizer import check_question
 from .base import Answer, Runtime, RuntimeError_, batch_decode_loop
 from .sampling import Sampler, SamplingConfig
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bundle import BundleError, read_bundle
-from ..preprocess import preprocess
-from ..tokenizer import Tokenizer
+from ..model.tokenizer import Tokenizer
 from .base import Runtime, RuntimeError_, decode_loop
+from .bundle import BundleError, read_bundle
+from .gpu import cudart, gpu_name
+from .preprocess import preprocess
 from .sampling import Sampler, SamplingConfig
 
 
@@ -33,7 +34,6 @@ def _load_cuda():
     except ImportError:
         raise RuntimeError_("backend 'tensorrt' needs TensorRT and an NVIDIA GPU: `tensorrt` is not installed "
                             "here (pip install 'nanovla[tensorrt]' on the robot)") from None
-    from .gpu import cudart, gpu_name
 
     rt = cudart()
     if rt is None:

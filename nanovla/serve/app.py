@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..paths import sample_images_dir
+from ..model.paths import sample_images_dir
 from ..runtime.prompts import DESCRIBE_PROMPT
 from .chat import ApiError, ChatRequest, chunk, completion, completion_id, parse_chat_request, timings
 from .worker import Job, ModelWorker, QueueFull, decode_checked, image_key

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..runtime.prompts import DESCRIBE_PROMPT
-from ..tokenizer import check_question
+from ..model.tokenizer import check_question
 
 MAX_TOKENS_LIMIT = 512  # a larger max_tokens is refused (the decoder's context is shorter anyway)
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..preprocess import check_rgb, decode_image
+from ..runtime.preprocess import check_rgb, decode_image
 from ..runtime import Runtime
 
 

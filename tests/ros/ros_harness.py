@@ -291,8 +291,8 @@ def build_long_answer_checkpoint(path: str) -> str:
     spec.loader.exec_module(shared)  # tests/conftest.py: the tiny configs every test uses
     tiny_model_config, tiny_tokenizer = shared.tiny_model_config, shared.tiny_tokenizer
 
-    from nanovla.checkpoint import save_checkpoint
-    from nanovla.vlm import VisionLanguageModel
+    from nanovla.model.checkpoint import save_checkpoint
+    from nanovla.model.vlm import VisionLanguageModel
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()

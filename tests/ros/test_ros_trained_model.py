@@ -20,7 +20,7 @@ MAX_NEW_TOKENS = 64
 
 
 def trained_model() -> str:
-    from nanovla.paths import default_model_dir
+    from nanovla.model.paths import default_model_dir
 
     path = os.environ.get("NANOVLA_ROS_TEST_MODEL") or default_model_dir()
     if not os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(os.path.join(path, "bundle.json")):

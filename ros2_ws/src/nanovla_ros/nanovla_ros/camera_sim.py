@@ -109,7 +109,7 @@ class FrameSource:
                 if not self.loop:
                     return None
                 self._file_index = 0
-            from nanovla.preprocess import load_image
+            from nanovla.runtime.preprocess import load_image
 
             path = self._files[self._file_index]
             self._file_index += 1

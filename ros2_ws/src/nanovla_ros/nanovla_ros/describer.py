@@ -50,7 +50,7 @@ from nanovla_msgs.srv import Ask
 
 from nanovla.runtime.prompts import DESCRIBE_PROMPT
 from nanovla.runtime.base import BACKEND_CHOICES, BATCH_DECODE_CHOICES  # no torch: the backend loads in on_configure
-from nanovla.tokenizer import check_question
+from nanovla.model.tokenizer import check_question
 
 from .frame_slot import Frame, FrameSlot
 from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb

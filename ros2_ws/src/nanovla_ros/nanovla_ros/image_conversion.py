@@ -10,7 +10,7 @@ import array
 import cv2
 import numpy as np
 
-from nanovla.preprocess import MAX_IMAGE_PIXELS, ImageError, decode_image
+from nanovla.runtime.preprocess import MAX_IMAGE_PIXELS, ImageError, decode_image
 
 # encoding -> (channels, OpenCV conversion to RGB or None when already RGB)
 ENCODINGS: dict[str, tuple[int, int | None]] = {

@@ -13,8 +13,9 @@ from typing import Iterable
 
 import numpy as np
 
-from .data.language import caption_mentions, caption_places, normalize_answer
-from .runtime.prompts import DESCRIBE_PROMPT
+from ..data.language import caption, caption_mentions, caption_places, normalize_answer, sample_questions
+from ..data.scenes import generate, scene_seed
+from ..runtime.prompts import DESCRIBE_PROMPT
 
 
 def caption_counts(predicted: str, objects: list[dict]) -> tuple[int, int, int]:
@@ -90,9 +91,6 @@ def evaluate(runtime, rows: Iterable[dict], max_questions: int | None = None, lo
 def generated_rows(split: str, seed: int, count: int, questions: int = 8, start: int = 0):
     """Eval rows straight from the generator (same scenes as `nanovla data generate`): scenes
     start .. start + count - 1."""
-    from .data.language import caption, sample_questions
-    from .data.scenes import generate, scene_seed
-
     for i in range(start, start + count):
         image, scene = generate(split, seed, i)
         rng = np.random.default_rng(scene_seed(split, seed, i) ^ 0x5EED)

@@ -1,7 +1,7 @@
 """A checkpoint directory on disk, without PyTorch: its file names, format tag and error, reading
 its config.json and metrics.json, and writing any directory atomically.
 
-`nanovla info` and a bundle-only robot use these; nanovla.checkpoint loads and saves the weights.
+`nanovla info` and a bundle-only robot use these; nanovla.model.checkpoint loads and saves the weights.
 """
 
 from __future__ import annotations

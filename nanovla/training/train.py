@@ -40,11 +40,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig
-from .data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache
-from .data.formats import load_source
-from .data.packing import SourceMixture
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..model.config import ModelConfig
+from ..data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache
+from ..data.formats import load_source
+from ..data.packing import SourceMixture
 from .feature_cache import pooled_feature_cache
 from .linearize import linearize_stage
 from .rl import train_rl_stage
@@ -57,12 +57,12 @@ from .scale import (
     plain_copy,
     wrap_distributed,
 )
-from .tokenizer import Tokenizer
-from .train_common import (Progress, autocast_for, build_optimizer, evaluate_model, load_resume_state, lr_factor,
+from ..model.tokenizer import Tokenizer
+from .common import (Progress, autocast_for, build_optimizer, evaluate_model, load_resume_state, lr_factor,
                            save_resume_state, set_trainable, setup_distributed)
-from .train_config import STAGES, TrainConfig  # noqa: F401  (re-exported: nanovla.train.TrainConfig)
+from .config import STAGES, TrainConfig  # noqa: F401  (re-exported: nanovla.training.train.TrainConfig)
 from .vision_stage import train_vision_stage
-from .vlm import VisionLanguageModel
+from ..model.vlm import VisionLanguageModel
 
 
 # ----------------------------------------------------------------------------- the loop

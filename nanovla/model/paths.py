@@ -2,7 +2,7 @@
 
 import os
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # nanovla/, above model/
 
 
 def default_model_dir() -> str:

@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig, VisionConfig
-from .gpt import GPT, KVCache
-from .hf_vision import HFVisionEncoder
+from .decoder import GPT, KVCache
+from .vision_hf import HFVisionEncoder
 from .projector import Projector
 from .vision import VisionEncoder, YoloNeckEncoder
 

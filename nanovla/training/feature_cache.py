@@ -16,8 +16,8 @@ import os
 import numpy as np
 import torch
 
-from .data.dataset import SceneSet
-from .vlm import VisionLanguageModel
+from ..data.dataset import SceneSet
+from ..model.vlm import VisionLanguageModel
 
 
 def _digest(model: VisionLanguageModel, data: SceneSet) -> str:

@@ -1,23 +1,42 @@
-"""What every `nanovla` command module shares: the one-line user error, loading a runtime from
-the parsed arguments, and dataclass fields as flags. A leaf: cli.py, cli_hf.py and export/cli.py
-import it, it imports none of them."""
+"""What every `nanovla` command module shares: the one-line user error and output helpers, loading a
+runtime from the parsed arguments, and dataclass fields as flags. A leaf of the CLI package: main.py
+and every command module import it, it imports none of them (and no torch)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import typing
+import json
+import sys
 from typing import Callable
+
+from ..runtime import RuntimeError_, load_runtime
+
+EXIT_BAD_INPUT = 2
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line."""
 
 
+def emit(obj: dict) -> None:
+    """One JSON line on stdout."""
+    print(json.dumps(obj), flush=True)
+
+
+def err(msg: str) -> None:
+    """`nanovla: error: MSG` on stderr."""
+    print(f"nanovla: error: {msg}", file=sys.stderr, flush=True)
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (stdout carries the results)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def load_runtime_from_args(args):
     """The runtime named by --model/--backend/--device/--threads; a bad one is a CLIError."""
-    from .runtime import RuntimeError_, load_runtime
-
     try:
         return load_runtime(args.model, backend=args.backend, device=args.device, threads=args.threads or None)
     except RuntimeError_ as e:

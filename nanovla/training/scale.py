@@ -13,9 +13,9 @@ import os
 
 import torch
 
-from .config import ModelConfig
-from .train_config import TrainConfig
-from .vlm import VisionLanguageModel
+from ..model.config import ModelConfig
+from .config import TrainConfig
+from ..model.vlm import VisionLanguageModel
 
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,

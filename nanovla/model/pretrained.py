@@ -2,7 +2,7 @@
 
     encoder: "yolov9t" (fresh ultralytics architecture), a local ultralytics `.pt` (a team's own
              trained detector: its neck features), or a local CLIP / SigLIP directory
-    decoder: a local Hugging Face Llama / Qwen2 / SmolLM2 directory (nanovla.hf_decoder)
+    decoder: a local Hugging Face Llama / Qwen2 / SmolLM2 directory (nanovla.model.decoder_hf)
 
 The projector adapts to the encoder: a grid resampler when the requested number of image tokens
 tiles the encoder's feature grid, a Perceiver resampler (learned queries) otherwise. Training
@@ -18,8 +18,8 @@ import torch
 
 from .checkpoint import save_checkpoint
 from .config import ModelConfig, ProjectorConfig, VisionConfig
-from .hf_decoder import PROVENANCE_FILE, load_hf_decoder
-from .hf_vision import detect_kind, vision_preprocessing
+from .decoder_hf import PROVENANCE_FILE, load_hf_decoder
+from .vision_hf import detect_kind, vision_preprocessing
 from .vlm import VisionLanguageModel, build_vision_encoder
 
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .gpt import KVCache
-from .runtime.base import StreamCallback, decode_loop
-from .runtime.sampling import Sampler, SamplingConfig
-from .tokenizer import Tokenizer, check_question
-from .vlm import VisionLanguageModel
+from ..model.decoder import KVCache
+from .base import StreamCallback, decode_loop
+from .sampling import Sampler, SamplingConfig
+from ..model.tokenizer import Tokenizer, check_question
+from ..model.vlm import VisionLanguageModel
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Engine:
 
     @torch.inference_mode()
     def encode(self, pixels: np.ndarray | torch.Tensor) -> ImageContext:
-        """pixels (1, 3, H, W) float 0..1 (from nanovla.preprocess.preprocess) -> ImageContext."""
+        """pixels (1, 3, H, W) float 0..1 (from nanovla.runtime.preprocess.preprocess) -> ImageContext."""
         t0 = time.perf_counter()
         x = torch.as_tensor(pixels, device=self.device)
         image_tokens = self.model.encode_image(x)

@@ -27,9 +27,11 @@ import re
 import shutil
 import sys
 import time
+
 import tomllib
 
-from .config import ModelConfig
+from ..model.config import ModelConfig
+from ..model.pretrained import init_checkpoint
 from .train import TrainConfig, train
 
 
@@ -93,7 +95,6 @@ def run_init(spec: dict, log=print) -> None:
                 raise TimeoutError(f"rank {os.environ.get('RANK')}: {out} did not appear within an hour")
             time.sleep(2)
         return
-    from .pretrained import init_checkpoint
 
     size = spec.get("image_size")
     init_checkpoint(spec["encoder"], spec["decoder"], out, image_tokens=int(spec.get("image_tokens", 0)),

@@ -2,7 +2,7 @@
 optimizer and its learning-rate schedule, optimizer state as safetensors, the resume directory,
 the progress line and the end-of-stage evaluation.
 
-`nanovla.train` (text/align/sft), `nanovla.vision_stage`, `nanovla.rl` and `nanovla.scale` import
+`nanovla.training.train` (text/align/sft), `nanovla.training.vision_stage`, `nanovla.training.rl` and `nanovla.training.scale` import
 from here; nothing here imports a stage.
 """
 
@@ -19,12 +19,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_directory_write, save_checkpoint
-from .evaluate import evaluate, generated_rows
-from .runtime.torch_backend import TorchRuntime
-from .tokenizer import Tokenizer
-from .train_config import TrainConfig
-from .vlm import VisionLanguageModel
+from ..model.checkpoint import atomic_directory_write, save_checkpoint
+from ..evaluation.scenes import evaluate, generated_rows
+from ..runtime.torch_backend import TorchRuntime
+from ..model.tokenizer import Tokenizer
+from .config import TrainConfig
+from ..model.vlm import VisionLanguageModel
 
 
 def autocast_for(cfg: TrainConfig, device: torch.device):

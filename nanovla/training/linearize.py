@@ -21,10 +21,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from .checkpoint import save_checkpoint
-from .data.dataset import SceneSet
-from .tokenizer import Tokenizer
-from .vlm import VisionLanguageModel
+from ..model.checkpoint import save_checkpoint
+from ..data.dataset import SceneSet
+from ..model.tokenizer import Tokenizer
+from ..model.vlm import VisionLanguageModel
 
 RIDGE = 1e-3  # x the number of tokens: keeps the solve well conditioned, shrinks little
 

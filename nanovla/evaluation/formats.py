@@ -19,9 +19,9 @@ from collections import Counter
 
 import numpy as np
 
-from .data.formats import Source, record_image
-from .preprocess import ImageError
-from .runtime.prompts import DESCRIBE_PROMPT
+from ..data.formats import Source, record_image
+from ..runtime.preprocess import ImageError
+from ..runtime.prompts import DESCRIBE_PROMPT
 
 # ----------------------------------------------------------------------------- VQAv2 normalisation
 # from the official VQA evaluation (vqaEval.py): the same tables, so scores compare with published ones

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from .data.language import normalize_answer
-from .evaluate import caption_counts, f1, place_counts
+from ..data.language import normalize_answer
+from ..evaluation.scenes import caption_counts, f1, place_counts
 
 PLACE_WEIGHT = 0.5
 INVENTED_PENALTY = 0.25

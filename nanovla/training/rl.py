@@ -1,4 +1,4 @@
-"""Stage rl: GRPO on verifiable scene rewards (nanovla.rewards), from an SFT checkpoint.
+"""Stage rl: GRPO on verifiable scene rewards (nanovla.training.rewards), from an SFT checkpoint.
 
 Each step, per process:
 1. draw `batch_size` prompts from the training scenes: the describe prompt (share
@@ -14,7 +14,7 @@ Each step, per process:
 
 On data sets from disk (`sources` or a LLaVA/COCO/VQA/GQA/HF `data`) a prompt is a record's first
 question about its image and the reward compares the reply with the record's reference answers
-(nanovla.rewards.reference_reward); captions and question types apply to the tabletop scenes only.
+(nanovla.training.rewards.reference_reward); captions and question types apply to the tabletop scenes only.
 
 With a frozen encoder and the grid resampler the scenes' pooled features come from the feature
 cache (as in sft); otherwise the encoder runs on the pixels. Several processes (`torchrun`): each
@@ -35,20 +35,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data.dataset import SceneSet
-from .data.formats import record_image
-from .data.language import caption, sample_questions
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..data.dataset import SceneSet
+from ..data.formats import record_image
+from ..data.language import caption, sample_questions
 from .feature_cache import pooled_feature_cache
 from .rewards import reward
-from .preprocess import ImageError, resize_uint8
-from .runtime.prompts import DESCRIBE_PROMPT
-from .runtime.sampling import sample
-from .tokenizer import Tokenizer
-from .train_common import (Progress, autocast_for, build_optimizer, evaluate_model, load_resume_state,
+from ..runtime.preprocess import ImageError, resize_uint8
+from ..runtime.prompts import DESCRIBE_PROMPT
+from ..runtime.sampling import sample
+from ..model.tokenizer import Tokenizer
+from .common import (Progress, autocast_for, build_optimizer, evaluate_model, load_resume_state,
                            lr_factor, save_resume_state, set_trainable)
-from .train_config import TrainConfig
-from .vlm import VisionLanguageModel
+from .config import TrainConfig
+from ..model.vlm import VisionLanguageModel
 
 
 @dataclasses.dataclass
@@ -194,7 +194,7 @@ def train_rl_stage(cfg: TrainConfig, model: VisionLanguageModel, tokenizer: Toke
                    sources: list | None = None) -> dict:
     """Tabletop scenes (`data`, rewarded against their scene graphs) or data sets from disk
     (`sources`, [(Source, weight)], rewarded against their reference answers).
-    reward_fn(prompt, text, finished) -> float: `nanovla.rewards.reward` unless a test brings its own."""
+    reward_fn(prompt, text, finished) -> float: `nanovla.training.rewards.reward` unless a test brings its own."""
     reward_fn = reward_fn or reward
     if data is None and not sources:
         raise ValueError("stage rl needs tabletop scenes, a nanovla data directory or data sets with answers")

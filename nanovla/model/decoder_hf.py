@@ -27,7 +27,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from .config import DecoderConfig
 from .checkpoint import atomic_directory_write
-from .gpt import GPT, scale_rope_frequencies
+from .decoder import GPT, scale_rope_frequencies
 from .tokenizer import SPECIAL_TOKENS, Tokenizer
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")  # SmolLM2 is model_type "llama"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .data.language import check_type_weights
+from ..data.language import check_type_weights
 
 STAGES = ("vision", "text", "align", "sft", "linearize", "rl")
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data.language import MARGIN_X, MARGIN_Y
-from .data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, generate
-from .evaluate import evaluate, generated_rows
-from .preprocess import resize_uint8
+from ..data.language import MARGIN_X, MARGIN_Y
+from ..data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, generate
+from ..runtime.preprocess import resize_uint8
+from ..runtime.torch_backend import TorchRuntime
+from .scenes import evaluate, generated_rows
 
 # (row label, how the probe is scored, the question type whose answers need it; "" for none)
 ROWS = (
@@ -126,8 +127,6 @@ def logistic_accuracy(x_train, y_train, x_test, y_test, l2: float = 1e-3, iters:
 def probe(model, tokenizer, scenes: int = 400, split: str = "eval", seed: int = 2024,
           train_fraction: float = 0.7, answers: bool = True, log=None) -> dict:
     """Probe scores on the held-out scenes and (with `answers`) the model's exact match there."""
-    from .runtime.torch_backend import TorchRuntime
-
     if scenes < 10:
         raise ValueError(f"probe needs at least 10 scenes, got {scenes}")
     model = model.float().eval()

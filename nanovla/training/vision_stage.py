@@ -34,10 +34,10 @@ import torch.nn.functional as F
 
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_directory_write, load_checkpoint, save_checkpoint
-from .data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, Scene, generate
-from .preprocess import resize_uint8
-from .train_common import Progress, adam_state_tensors, load_adam_state_tensors, lr_factor
+from ..model.checkpoint import atomic_directory_write, load_checkpoint, save_checkpoint
+from ..data.scenes import COLOR_NAMES, HEIGHT, KINDS, WIDTH, Scene, generate
+from ..runtime.preprocess import resize_uint8
+from .common import Progress, adam_state_tensors, load_adam_state_tensors, lr_factor
 
 NONE_WEIGHT = 0.2  # most cells are empty table: down-weight the "no object" class
 

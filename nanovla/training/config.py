@@ -1,7 +1,7 @@
 """The training configuration: one dataclass, every field a `nanovla train` flag and a recipe key.
 
 Its own module, free of PyTorch, so the CLI can build its `train` flags (and a robot with only a
-bundle can run every other command) without importing torch; `nanovla.train` runs it.
+bundle can run every other command) without importing torch; `nanovla.training.train` runs it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class TrainConfig:
     fsdp: bool = False  # with several processes: shard parameters, gradients and optimizer state (FSDP2)
     activation_checkpointing: bool = False  # recompute decoder blocks in backward (less memory)
     compile: bool = False  # torch.compile each decoder block
-    # ---- stage rl (GRPO, nanovla.rl)
+    # ---- stage rl (GRPO, nanovla.training.rl)
     rl_group: int = 8  # completions sampled per prompt (the group their advantages are relative to)
     rl_temperature: float = 1.0  # sampling temperature of the rollouts
     rl_max_new_tokens: int = 64  # cap on a rollout's tokens

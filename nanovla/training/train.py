@@ -1,13 +1,13 @@
 """The training loop shared by every stage.
 
     stage vision: (stage 0) the encoder learns the scenes' objects from their boxes with dense
-                  kind/colour heads (nanovla.vision_stage); fresh model + tokenizer
+                  kind/colour heads (nanovla.training.vision_stage); fresh model + tokenizer
     stage text  : the decoder learns the caption/answer language (text only; fresh model + tokenizer)
     stage align : only the projector trains (plus the vision encoder if `train_vision`), on captions
     stage sft   : projector + the last K decoder layers (+ vision), on a caption/answer/text mixture
                   balanced by answer tokens
-    stage linearize: the MLP projector is replaced by a linear one fitted to it (nanovla.linearize)
-    stage rl    : GRPO on rewards checked against the scene graphs (nanovla.rl)
+    stage linearize: the MLP projector is replaced by a linear one fitted to it (nanovla.training.linearize)
+    stage rl    : GRPO on rewards checked against the scene graphs (nanovla.training.rl)
 
 CPU or CUDA (bf16 autocast), several GPUs with `torchrun` (DDP, or FSDP for decoders that do not
 fit one GPU), gradient accumulation, activation checkpointing, optional `torch.compile`,

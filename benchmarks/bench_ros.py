@@ -8,12 +8,13 @@ its peak (goal: <= 400 MB with the default backend, auto -> the shipped int8 bun
 Before ROS starts, the model's own describe latency is measured in-process for comparison.
 
 --bad-every N: the camera is this script's own (a child process, same scenes, same QoS as
-camera_sim) and 1 frame in N (at seeded random places) is a bad one, cycling through wrong encoding, data shorter than
-height*step, a 0x0 frame, an 8000x8000 declared size with 640x480 data and a step shorter than a
-row (compressed: truncated JPEG, garbage bytes, empty data, a PNG with a cut-off body). Reported
-on top: bad frames published, those the describer converted and rejected (frames_bad: the rest
-were replaced by a newer frame first), its "bad ... frame" log lines, descriptions per 10 s and
-the longest gap between two descriptions, and whether the describer was still alive at the end.
+camera_sim) and 1 frame in N (at seeded random places) is a bad one, cycling through wrong
+encoding, data shorter than height*step, a 0x0 frame, an 8000x8000 declared size with 640x480
+data and a step shorter than a row (compressed: truncated JPEG, garbage bytes, empty data, a PNG
+with a cut-off body). Reported on top: bad frames published, those the describer converted and
+rejected (frames_bad: the rest were replaced by a newer frame first), its "bad ... frame" log
+lines, descriptions per 10 s, the longest gap between two descriptions, and whether the
+describer was still alive at the end.
 
 --launch: the describer is started by `ros2 launch nanovla_ros vla.launch.py` with the launch
 file's defaults (params.yaml: max_rate_hz 2, max_new_tokens 64; --model, --backend, --threads,
@@ -64,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--max-rate-hz", type=float, default=1000.0, help="describer max_rate_hz (default: flat out)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--bad-every", type=int, default=0,
-                   help="1 camera frame in N (seeded random places) is a bad one (this script's own camera); 0 = camera_sim, no bad frames")
+                   help="1 camera frame in N (seeded random places) is a bad one (this script's own camera); "
+                        "0 = camera_sim, no bad frames")
     p.add_argument("--launch", action="store_true",
                    help="start the describer with `ros2 launch nanovla_ros vla.launch.py` and its defaults")
     p.add_argument("--camera-process", action="store_true", help=argparse.SUPPRESS)  # internal: the bad-frame camera
@@ -196,9 +198,9 @@ def bad_compressed(kind: str, good):
 
 def camera_process(args) -> None:
     """The bad-frame camera (a child process): the scenes camera_sim shows (split eval, seed 0, a new
-    one every 2 s) at --fps, 1 frame in --bad-every bad (at seeded random places) except in the last second (so the report
-    shows descriptions after the last bad frame); waits for one subscription like
-    camera_sim's wait_for_subscribers; writes a JSON summary to --out at the end."""
+    one every 2 s) at --fps, 1 frame in --bad-every bad (at seeded random places) except in the
+    last second (so the report shows descriptions after the last bad frame); waits for one
+    subscription like camera_sim's wait_for_subscribers; writes a JSON summary to --out at the end."""
     import cv2
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -465,7 +467,7 @@ def run(args) -> dict:
         describer_alive = rss_mb(describer_pid) == rss_mb(describer_pid)  # not nan
         processes = memory.stop()
     finally:
-        memory.stop()
+        memory.stop()  # again after a failure: harmless
         if camera is not None:
             stop(camera)
         stop(describer, launch=args.launch)

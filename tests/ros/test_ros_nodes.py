@@ -20,7 +20,7 @@ pytestmark = pytest.mark.ros
 
 pytest.importorskip("rclpy", reason="rclpy is not installed (scripts/ros_setup.sh installs the ROS 2 wheels)")
 
-from ros_harness import INSTALL, Client, wait_until  # noqa: E402
+from ros_harness import INSTALL, ROOT, Client, wait_until  # noqa: E402
 
 NS = "/t"
 FLOOD_SECONDS = float(os.environ.get("NANOVLA_ROS_FLOOD_S", "6"))
@@ -367,6 +367,70 @@ def test_bad_frames_are_logged_and_counted_and_the_node_keeps_serving(h):
         assert h.describer.proc.poll() is None
     description, _ = h.publish_until_described(lambda: image_msg(scene_frame(6)), "after_bad_frames")
     assert description.text
+
+
+STREAM_SECONDS = float(os.environ.get("NANOVLA_ROS_STREAM_S", "6"))
+
+
+def _bench_ros():
+    """benchmarks/bench_ros.py as a module: its bad-frame makers (what `--bad-every` publishes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ros", os.path.join(ROOT, "benchmarks", "bench_ros.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_30fps_stream_with_bad_frames_mixed_in_keeps_being_described(h):
+    """640x480 rgb8 at 30 FPS, 1 frame in 3 a bad one of bench_ros's five kinds (at seeded random
+    places; the last second clean): descriptions come in every second of the stream and after the
+    last bad frame, the bad frames the describer took are counted and logged (at most once per
+    reason per 5 s), and the node stays up with flat memory."""
+    bench = _bench_ros()
+    good = image_msg(scene_frame(7, 640, 480))
+    rng = np.random.default_rng(1)
+    frames = int(30 * STREAM_SECONDS)
+    bad_before = int(h.diag("frames_bad") or 0)
+    log_before = h.describer.log().count("\n")
+    rss_start = h.describer.rss_mb()
+    sent_bad, last_bad_stamp = {k: 0 for k in bench.BAD_RAW}, 0.0
+    start = time.monotonic()
+    for i in range(frames):
+        wait = start + i / 30.0 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        msg = good
+        if rng.random() < 1 / 3 and i < frames - 30:
+            kind = bench.BAD_RAW[sum(sent_bad.values()) % len(bench.BAD_RAW)]
+            msg = bench.bad_image(kind, good)
+            sent_bad[kind] += 1
+        msg.header.stamp, msg.header.frame_id = h.stamp(), "bad_stream"
+        h.image_pub.publish(msg)
+        if msg is not good:
+            last_bad_stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    end = time.monotonic()
+    time.sleep(2.0)  # the last description, a diagnostics message that counts every frame
+    with h.lock:
+        stream = [(t, m) for t, m in h.descriptions if m.header.frame_id == "bad_stream"]
+    # arrival times on the monotonic clock of the loop above
+    arrivals = [time.monotonic() - (time.time() - t) for t, _ in stream]
+    per_second = [sum(1 for a in arrivals if start + s <= a < start + s + 1) for s in range(int(end - start))]
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m in stream]
+    new_log = h.describer.log().splitlines()[log_before:]
+    warnings = [line for line in new_log if "bad Image frame" in line and "'bad_stream'" in line]
+    report = {"frames": frames, "bad_sent": sent_bad, "descriptions": len(stream), "per_second": per_second,
+              "after_last_bad": sum(1 for s in stamps if s > last_bad_stamp),
+              "bad_counted": int(h.diag("frames_bad") or 0) - bad_before, "warning_lines": len(warnings),
+              "rss_start_mb": rss_start, "rss_end_mb": h.describer.rss_mb()}
+    print(json.dumps(report))
+    assert h.describer.proc.poll() is None, h.describer.log()[-2000:]
+    assert all(n >= 1 for n in per_second[1:]), report  # the first second: discovery of a new frame_id
+    assert report["after_last_bad"] >= 1, report
+    assert report["bad_counted"] >= 1 and warnings, report
+    # one line per reason per 5 s: never one per bad frame
+    assert len(warnings) <= len(bench.BAD_RAW) * (int(STREAM_SECONDS / 5) + 2), report
+    assert report["rss_end_mb"] <= rss_start * 1.10 + 20, report
 
 
 # ------------------------------------------------------------------ camera rates, delivery, flood

@@ -139,12 +139,82 @@ def test_int8_bundle_is_quantized_and_reports_accuracy_next_to_fp32(int8_bundle)
     assert set(q) >= {"fp32", "int8", "exact_match_drop", "caption_f1_drop", "passed"}
     assert q["fp32"]["questions"] == q["int8"]["questions"] == 8
     vision_ops = {n.op_type for n in onnx.load(os.path.join(int8_bundle, "vision.onnx")).graph.node}
+    prefill_ops = {n.op_type for n in onnx.load(os.path.join(int8_bundle, "prefill.onnx")).graph.node}
     decode_ops = {n.op_type for n in onnx.load(os.path.join(int8_bundle, "decode.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= vision_ops  # static QDQ
-    assert "MatMulInteger" in decode_ops  # dynamic quantization
+    assert "MatMulInteger" in prefill_ops  # dynamic quantization
+    assert "MatMulNBits" in decode_ops and not decode_ops & {"MatMulInteger", "DynamicQuantizeLinear"}  # weight-only
     assert not os.path.exists(os.path.join(int8_bundle, ".fp32"))
     answer = OnnxRuntime(int8_bundle, threads=1).describe(np.full((48, 64, 3), 90, np.uint8), max_new_tokens=4)
     assert len(answer.token_ids) == 4
+
+
+@pytest.mark.parametrize("bits,block", [(8, 32), (4, 16)])
+def test_pack_nbits_is_what_matmulnbits_reads(bits, block):
+    """The numpy packer's layout as onnxruntime's kernel reads it: one MatMulNBits node equals A @
+    the blockwise-rounded weight (K not a whole number of blocks, so padding is exercised)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nanovla.export.quantize import pack_nbits
+
+    rng = np.random.default_rng(0)
+    k, n = 3 * block + block // 2, 24
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    w[:block, 0] = 0.0  # an all-zero block
+    codes, scales = pack_nbits(w, bits, block)
+    blocks = -(-k // block)
+    assert codes.shape == (n, blocks, block * bits // 8) and scales.shape == (n * blocks,)
+    half = 1 << (bits - 1)
+    padded = np.zeros((n, blocks * block), np.float32)
+    padded[:, :k] = w.T
+    s = scales.reshape(n, blocks, 1)
+    want_w = (np.clip(np.rint(padded.reshape(n, blocks, block) / s), -half, half - 1) * s).reshape(n, -1)[:, :k].T
+    node = helper.make_node("MatMulNBits", ["a", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=block, accuracy_level=0)  # fp32 compute: exact up to rounding
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, n])],
+                              [numpy_helper.from_array(codes, "b"), numpy_helper.from_array(scales, "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    a = rng.standard_normal((2, k)).astype(np.float32)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
+    np.testing.assert_allclose(got, a @ want_w, atol=1e-4, rtol=1e-4)
+    assert np.abs(want_w - w).max() <= scales.max() / 2 + 1e-6  # rounding error at most half a step
+
+
+def test_nbits_decode_graph_stays_near_fp32(fp32_bundle, tmp_path):
+    """quantize_decoder_nbits on the tiny model's decode graph: every MatMul becomes MatMulNBits,
+    it passes the bundle's graph checks, and its logits stay near the fp32 graph's."""
+    import onnxruntime as ort
+
+    from nanovla.export.graphs import check_graph
+    from nanovla.export.quantize import quantize_decoder_nbits
+
+    src, dst = os.path.join(fp32_bundle, "decode.onnx"), str(tmp_path / "decode.onnx")
+    matmuls = sum(n.op_type == "MatMul" and n.input[1] in {t.name for t in onnx.load(src).graph.initializer}
+                  for n in onnx.load(src).graph.node)
+    assert quantize_decoder_nbits(src, dst) == matmuls > 0
+    check_graph(dst)
+    ops = [n.op_type for n in onnx.load(dst).graph.node]
+    assert ops.count("MatMulNBits") == matmuls
+    sessions = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in (src, dst)]
+    rng = np.random.default_rng(0)
+    feed = {}
+    for i in sessions[0].get_inputs():
+        if i.name == "input_ids":
+            feed[i.name] = np.array([[5]], np.int32)
+        elif i.name == "past_length":
+            feed[i.name] = np.array([6], np.int32)
+        else:
+            feed[i.name] = (0.5 * rng.standard_normal([d if isinstance(d, int) else (1 if d == "batch" else 9)
+                                                       for d in i.shape])).astype(np.float32)
+    ref, got = (s.run(None, feed) for s in sessions)
+    # measured on this tiny model: ~2-3 % of the logits' range with 8 bits (as the dynamic int8
+    # graph), 20-35 % with 4 bits; a wrong packing layout gives noise
+    scale = float(np.abs(ref[0]).max())
+    assert np.abs(got[0] - ref[0]).max() <= 0.05 * scale
+    for a, b in zip(ref[1:], got[1:]):  # the new key / value
+        assert np.abs(a - b).max() <= 0.05 * float(np.abs(a).max()) + 1e-3
 
 
 def test_fp16_bundle_keeps_required_io_fp32(checkpoint, tmp_path):

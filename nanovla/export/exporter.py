@@ -184,6 +184,8 @@ def _write_bundle(model, tokenizer, checkpoint, fmt, options: ExportOptions, tmp
             elif graph == "vision":
                 quantize.quantize_vision_static(src, dst, options.calibration_count, options.calibration_method,
                                                 cfg.vision.image_height, cfg.vision.image_width)
+            elif graph == "decode":
+                quantize.quantize_decoder_nbits(src, dst)
             else:
                 quantize.quantize_decoder_dynamic(src, dst)
             _restamp(dst, {**metadata, "precision": precision, "nanovla.graph": graph})

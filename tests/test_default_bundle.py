@@ -79,3 +79,31 @@ def test_the_cli_and_the_ros_node_default_to_auto():
                           "ros2_ws", "src", "nanovla_ros", "config", "params.yaml")
     with open(params) as f:
         assert any(line.split("#")[0].split() == ["backend:", "auto"] for line in f)
+
+
+def test_the_shipped_model_names_no_colours_on_a_mono_camera():
+    """A mono8 camera's frame reaches the model as grey RGB (the ROS node's conversion: GRAY2RGB):
+    the shipped model's captions of the grey samples name kinds and places and no colour (stage
+    13's grey-image captions; stage 11 named colours on 76 of 100 grey frames)."""
+    import json
+
+    import cv2
+
+    from nanovla.data.scenes import COLOR_NAMES, KINDS
+    from nanovla.runtime.base import load_runtime
+    from nanovla.runtime.preprocess import load_image
+    from nanovla.runtime.prompts import DESCRIBE_PROMPT
+
+    samples = os.path.join(os.path.dirname(default_model_dir()), "samples")
+    with open(os.path.join(samples, "ground_truth.json")) as f:
+        truth = json.load(f)
+    runtime = load_runtime(None, threads=1)
+    for row in truth:
+        image = load_image(os.path.join(samples, row["image"]))
+        grey = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        text = runtime.generate(runtime.encode(grey), DESCRIBE_PROMPT, max_new_tokens=64).text
+        words = set(text.replace(",", " ").replace(".", " ").split())
+        assert not words & set(COLOR_NAMES), (row["image"], text)
+        assert words & set(KINDS) & {o["kind"] for o in row["objects"]}, (row["image"], text)
+        colour_text = runtime.generate(runtime.encode(image), DESCRIBE_PROMPT, max_new_tokens=64).text
+        assert set(colour_text.replace(",", " ").split()) & set(COLOR_NAMES), (row["image"], colour_text)

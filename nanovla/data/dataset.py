@@ -13,7 +13,6 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from ..runtime.preprocess import load_image, resize_uint8
@@ -22,7 +21,7 @@ from ..model.tokenizer import Tokenizer
 from .language import QA_TYPES, caption, check_type_weights, sample_questions
 from .scenes import ALL_PAIRS, Scene, SceneObject, generate
 
-MIXTURE_KINDS = ("caption", "qa", "text", "mono", "blur")
+MIXTURE_KINDS = ("caption", "qa", "text", "mono")
 
 
 def scene_to_json(scene: Scene) -> dict:
@@ -127,19 +126,9 @@ def load_data_dir(path: str, height: int, width: int, log=print) -> SceneSet:
 
 # ----------------------------------------------------------------------------- conversations
 
-def caption_example(scene: Scene, colours: bool = True, kinds: bool = True) -> list[dict]:
+def caption_example(scene: Scene, colours: bool = True) -> list[dict]:
     return [{"role": "user", "content": DESCRIBE_PROMPT},
-            {"role": "assistant", "content": caption(scene, colours=colours, kinds=kinds)}]
-
-
-BLUR_SIGMA = 1 / 24  # of the image width: 10.7 px at 256 wide, shapes gone, colours and places kept
-
-
-def to_blurred(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> the same, each Gaussian-blurred (sigma = BLUR_SIGMA x width) until an
-    object's shape is gone while its colour and place stay."""
-    sigma = BLUR_SIGMA * images.shape[2]
-    return np.stack([cv2.GaussianBlur(im, (0, 0), sigma) for im in images]) if len(images) else images
+            {"role": "assistant", "content": caption(scene, colours=colours)}]
 
 
 def to_mono(images: np.ndarray) -> np.ndarray:
@@ -192,7 +181,6 @@ class Example:
     mask: list[int]
     image_index: int  # -1 for text-only
     mono: bool = False  # the image is shown in grey (a colourless caption)
-    blur: bool = False  # the image is shown blurred (a caption without kinds)
 
 
 class Mixture:
@@ -230,13 +218,11 @@ class Mixture:
             turns, image = qa_example(scene, self.rng, split, self.qa_turns, self.qa_type_weights), True
         elif kind == "mono":  # the image in grey, described without colour words
             turns, image = caption_example(scene, colours=False), True
-        elif kind == "blur":  # the image blurred, described without kind words
-            turns, image = caption_example(scene, kinds=False), True
         else:
             turns, image = text_example(scene, self.rng, split, self.text_all_pairs), False
         r = self.tok.render(turns, self.image_tokens if image else 0)
         ids, mask = r.ids[: self.max_len], r.mask[: self.max_len]
-        return Example(ids, mask, i if image else -1, mono=kind == "mono", blur=kind == "blur")
+        return Example(ids, mask, i if image else -1, mono=kind == "mono")
 
     def sample(self) -> Example:
         kind = self.kinds[int(self.rng.choice(len(self.kinds), p=self.probs))]
@@ -244,20 +230,19 @@ class Mixture:
 
     def batch(self, batch_size: int, pad_id: int):
         """(ids (B, T) int64, mask (B, T), pixels (n_img, 3, H, W) float32 or None) as numpy."""
-        ids, mask, idx, mono, blur = self.batch_rows(batch_size, pad_id)
+        ids, mask, idx, mono = self.batch_rows(batch_size, pad_id)
         pixels = None
         if idx is not None:
             images = self.data.images[idx]
-            if mono.any() or blur.any():
+            if mono.any():
                 images = images.copy()
                 images[mono] = to_mono(images[mono])
-                images[blur] = to_blurred(images[blur])
             pixels = images.astype(np.float32).transpose(0, 3, 1, 2) * (1.0 / 255.0)
         return ids, mask, pixels
 
     def batch_rows(self, batch_size: int, pad_id: int):
         """(ids, mask, image indices into `data` in placeholder order or None, which of those images are
-        shown in grey and which blurred (bool arrays) or None): `batch` without pixels."""
+        shown in grey (bool array) or None): `batch` without pixels."""
         examples = [self.sample() for _ in range(batch_size)]
         # image rows first keeps the image order equal to the placeholder order
         examples.sort(key=lambda e: e.image_index < 0)
@@ -269,9 +254,8 @@ class Mixture:
             mask[r, : len(e.mask)] = e.mask
         rows = [e for e in examples if e.image_index >= 0]
         if not rows:
-            return ids, mask, None, None, None
-        return (ids, mask, np.array([e.image_index for e in rows]), np.array([e.mono for e in rows]),
-                np.array([e.blur for e in rows]))
+            return ids, mask, None, None
+        return ids, mask, np.array([e.image_index for e in rows]), np.array([e.mono for e in rows])
 
 
 def corpus(data: SceneSet, rng: np.random.Generator, n: int = 4000):

@@ -42,15 +42,13 @@ def with_article(name: str) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def caption(scene: Scene, colours: bool = True, kinds: bool = True) -> str:
+def caption(scene: Scene, colours: bool = True) -> str:
     """'a red cube on the left at the back, a blue ball in the middle at the front and ...', left to right.
-    Without `colours` (a monochrome image): 'a cube on the left at the back, a ball ...'; without
-    `kinds` (a blurred image): 'a red object on the left at the back, ...'."""
+    Without `colours` (a monochrome image): 'a cube on the left at the back, a ball ...'."""
     if not scene.objects:
         return "the table is empty."
     order = sorted(scene.objects, key=lambda o: o.cx)
-    names = [" ".join(([o.color] if colours else []) + ([o.kind] if kinds else ["object"])) for o in order]
-    parts = [f"{with_article(n)} {place(o, scene.width, scene.height)}" for n, o in zip(names, order)]
+    parts = [f"{with_article(o.name if colours else o.kind)} {place(o, scene.width, scene.height)}" for o in order]
     if len(parts) == 1:
         return parts[0] + "."
     return ", ".join(parts[:-1]) + " and " + parts[-1] + "."

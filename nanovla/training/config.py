@@ -33,7 +33,6 @@ class TrainConfig:
     qa_share: float = 0.45
     text_share: float = 0.15
     mono_share: float = 0.0  # captions of the image in grey, without colour words (a mono8 camera)
-    blur_share: float = 0.0  # captions of the image blurred, without kind words ("a red object ...")
     qa_turns: int = 4  # questions per image in a qa example (1..qa_turns)
     qa_type_weights: dict = field(default_factory=dict)  # e.g. {near_far = 4}: draw that question type 4x as often
     fit_scenes: int = 2000  # stage linearize: training scenes whose image tokens the linear projector is fitted on

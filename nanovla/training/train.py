@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..model.config import ModelConfig
-from ..data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache, to_blurred, to_mono
+from ..data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache, to_mono
 from ..data.formats import load_source
 from ..data.packing import SourceMixture
 from .feature_cache import pooled_feature_cache
@@ -186,8 +186,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
     elif cfg.stage == "align":
         shares, image_tokens = {"caption": 1.0}, model.image_tokens
     else:
-        shares = {"caption": cfg.caption_share, "qa": cfg.qa_share, "text": cfg.text_share, "mono": cfg.mono_share,
-                  "blur": cfg.blur_share}
+        shares = {"caption": cfg.caption_share, "qa": cfg.qa_share, "text": cfg.text_share, "mono": cfg.mono_share}
         image_tokens = model.image_tokens
     if sources is not None:
         mixture = SourceMixture(sources, tokenizer, image_tokens, model_cfg.decoder.max_seq_len, v.image_height,
@@ -222,12 +221,11 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
         if pooled is not None:  # (ids, mask, None, pooled features in placeholder order)
             out = []
             for _ in range(cfg.grad_accum):
-                ids, mask, idx, mono, blur = mixture.batch_rows(cfg.batch_size, tokenizer.pad_id)
+                ids, mask, idx, mono = mixture.batch_rows(cfg.batch_size, tokenizer.pad_id)
                 features = None if idx is None else np.ascontiguousarray(pooled[idx])
-                for shown, convert in ((mono, to_mono), (blur, to_blurred)):  # not in the cache: computed here
-                    if idx is not None and shown.any():
-                        x = convert(data.images[idx[shown]]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-                        features[shown] = model.pooled_features(torch.from_numpy(x).to(device)).cpu().numpy()
+                if idx is not None and mono.any():  # grey images: their features are not in the cache
+                    grey = to_mono(data.images[idx[mono]]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+                    features[mono] = model.pooled_features(torch.from_numpy(grey).to(device)).cpu().numpy()
                 out.append((ids, mask, None, features))
             return out
         if sources is None:

@@ -454,15 +454,21 @@ def _count_frames(h, topic: str):
 
 @pytest.mark.parametrize("width, height", [(640, 480), (1280, 720)])
 def test_camera_frames_at_30fps_arrive(h, start_node, width, height, tmp_path_factory):
-    """camera_sim in its own process, 30 FPS rgb8: the share of frames that arrive, here and at the describer."""
+    """camera_sim in its own process, 30 FPS rgb8: the share of frames that arrive, here and at the
+    describer (describing at 5 Hz, the order of a deployment's rate: the launch default is 2 Hz)."""
     frames = 90
     stamps, sub = _count_frames(h, f"{NS}/image")
-    time.sleep(1.5)  # discovery, and a diagnostics message that counts every earlier frame
-    received_before = int(h.diag("frames_received"))
-    camera = start_node("camera_sim", {"rate_hz": 30.0, "width": width, "height": height, "max_frames": frames,
-                                       "frame_id": f"cam_{width}", "wait_for_subscribers": 2}, ["-r", f"__ns:={NS}"])
-    assert camera.proc.wait(60) == 0, camera.log()
-    time.sleep(1.5)  # last diagnostics
+    assert h.set_param("max_rate_hz", 5.0).successful
+    try:
+        time.sleep(1.5)  # discovery, and a diagnostics message that counts every earlier frame
+        received_before = int(h.diag("frames_received"))
+        camera = start_node("camera_sim", {"rate_hz": 30.0, "width": width, "height": height, "max_frames": frames,
+                                           "frame_id": f"cam_{width}", "wait_for_subscribers": 2},
+                            ["-r", f"__ns:={NS}"])
+        assert camera.proc.wait(60) == 0, camera.log()
+        time.sleep(1.5)  # last diagnostics
+    finally:
+        h.set_param("max_rate_hz", DESCRIBER_PARAMS["max_rate_hz"])
     h.node.destroy_subscription(sub)
     at_test = len(stamps) / frames
     at_describer = (int(h.diag("frames_received")) - received_before) / frames
@@ -474,10 +480,12 @@ def test_camera_frames_at_30fps_arrive(h, start_node, width, height, tmp_path_fa
         with open(os.path.join(out, f"delivery_{width}x{height}.json"), "w") as f:
             json.dump(report, f)
     # with the camera's 64 MB shared-memory segment every frame reached the test process in every run
-    # here (without the profile: 10-40 % at 640x480). The describer is busy inferring on the same two
-    # cores, and once took only 64 % of 1280x720 frames while the transport delivered 100 % to the
-    # test process: it still sees ~19 of 30 frames a second, more than it can describe, and the
-    # newest-frame policy needs no more. So the transport bar is high and the describer's lower.
+    # here (without the profile: 10-40 % at 640x480). The describer shares the two cores with
+    # camera_sim's renderer (~1 core at 30 FPS) and its own inference: describing flat out (50 Hz) it
+    # once took 64 % of 1280x720 frames, and 39 % of 640x480 ones on CI's shared machine, while the
+    # transport delivered 100 % to the test process (frames its executor did not take in time were
+    # overwritten in the keep-last history -- the newest-frame policy at work). Hence 5 Hz here, a
+    # high bar for the transport and a lower one for the describer.
     assert at_test >= 0.8 and at_describer >= 0.5, report
     assert h.described(f"cam_{width}"), "the describer did not describe the camera's frames"
 

@@ -131,6 +131,11 @@ def caption_example(scene: Scene, colours: bool = True) -> list[dict]:
             {"role": "assistant", "content": caption(scene, colours=colours)}]
 
 
+def to_pixels(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in 0..1: what the model's forward takes."""
+    return images.astype(np.float32).transpose(0, 3, 1, 2) * (1.0 / 255.0)
+
+
 def to_mono(images: np.ndarray) -> np.ndarray:
     """(..., 3) RGB uint8 -> the same shape, each pixel its BT.601 luma in all three channels: what a
     mono8 camera's frame becomes in the runtime (cv2 GRAY2RGB)."""
@@ -237,7 +242,7 @@ class Mixture:
             if mono.any():
                 images = images.copy()
                 images[mono] = to_mono(images[mono])
-            pixels = images.astype(np.float32).transpose(0, 3, 1, 2) * (1.0 / 255.0)
+            pixels = to_pixels(images)
         return ids, mask, pixels
 
     def batch_rows(self, batch_size: int, pad_id: int):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..runtime.preprocess import ImageError, resize_uint8
 from ..model.tokenizer import Tokenizer
+from .dataset import to_pixels
 from .formats import Record, Source, record_image
 
 
@@ -181,5 +182,5 @@ class SourceMixture:
             mask_arr[r, : len(mask)] = mask
         pixels = None
         if images:
-            pixels = np.stack(images).astype(np.float32).transpose(0, 3, 1, 2) * (1.0 / 255.0)
+            pixels = to_pixels(np.stack(images))
         return ids_arr, mask_arr, pixels

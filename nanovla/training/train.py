@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..model.config import ModelConfig
-from ..data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache, to_mono
+from ..data.dataset import Mixture, SceneSet, corpus, load_data_dir, render_cache, to_mono, to_pixels
 from ..data.formats import load_source
 from ..data.packing import SourceMixture
 from .feature_cache import pooled_feature_cache
@@ -224,7 +224,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=None) -> d
                 ids, mask, idx, mono = mixture.batch_rows(cfg.batch_size, tokenizer.pad_id)
                 features = None if idx is None else np.ascontiguousarray(pooled[idx])
                 if idx is not None and mono.any():  # grey images: their features are not in the cache
-                    grey = to_mono(data.images[idx[mono]]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+                    grey = to_pixels(to_mono(data.images[idx[mono]]))
                     features[mono] = model.pooled_features(torch.from_numpy(grey).to(device)).cpu().numpy()
                 out.append((ids, mask, None, features))
             return out

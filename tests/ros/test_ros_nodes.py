@@ -6,6 +6,7 @@ this module in namespace /t; they run in file order, the lifecycle test last.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -68,6 +69,15 @@ class Harness:
             if status.name.startswith(f"{NS}/describer"):
                 with self.lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+    @contextlib.contextmanager
+    def max_rate(self, hz: float):
+        """The describer at `hz` descriptions/s within the block, back to DESCRIBER_PARAMS' rate after."""
+        assert self.set_param("max_rate_hz", hz).successful
+        try:
+            yield
+        finally:
+            self.set_param("max_rate_hz", DESCRIBER_PARAMS["max_rate_hz"])
 
     def diag(self, key: str) -> str:
         with self.lock:
@@ -387,8 +397,9 @@ def test_30fps_stream_with_bad_frames_mixed_in_keeps_being_described(h):
     """640x480 rgb8 at 30 FPS, 1 frame in 3 a bad one of bench_ros's five kinds (at seeded random
     places; the last second clean): descriptions keep coming through the stream (no gap over
     MAX_GAP_S, the frame-age limit; on a shared 2-core machine, the test's own 27 MB/s publisher and
-    the DDS transport starve the node for up to ~1-2 s now and then) and after the last bad frame, the bad frames the describer took are counted and logged (at most once per
-    reason per 5 s), and the node stays up with flat memory."""
+    the DDS transport starve the node for up to ~1-2 s now and then) and after the last bad frame,
+    the bad frames the describer took are counted and logged (at most once per reason per 5 s), and
+    the node stays up with flat memory."""
     bench = _bench_ros()
     good = image_msg(scene_frame(7, 640, 480))
     rng = np.random.default_rng(1)
@@ -458,8 +469,7 @@ def test_camera_frames_at_30fps_arrive(h, start_node, width, height, tmp_path_fa
     describer (describing at 5 Hz, the order of a deployment's rate: the launch default is 2 Hz)."""
     frames = 90
     stamps, sub = _count_frames(h, f"{NS}/image")
-    assert h.set_param("max_rate_hz", 5.0).successful
-    try:
+    with h.max_rate(5.0):
         time.sleep(1.5)  # discovery, and a diagnostics message that counts every earlier frame
         received_before = int(h.diag("frames_received"))
         camera = start_node("camera_sim", {"rate_hz": 30.0, "width": width, "height": height, "max_frames": frames,
@@ -467,8 +477,6 @@ def test_camera_frames_at_30fps_arrive(h, start_node, width, height, tmp_path_fa
                             ["-r", f"__ns:={NS}"])
         assert camera.proc.wait(60) == 0, camera.log()
         time.sleep(1.5)  # last diagnostics
-    finally:
-        h.set_param("max_rate_hz", DESCRIBER_PARAMS["max_rate_hz"])
     h.node.destroy_subscription(sub)
     at_test = len(stamps) / frames
     at_describer = (int(h.diag("frames_received")) - received_before) / frames
@@ -497,8 +505,7 @@ def test_camera_frames_at_30fps_arrive(h, start_node, width, height, tmp_path_fa
 def test_flood_keeps_no_queue_and_no_memory_growth(h, start_node, seconds):
     """30 FPS for `seconds` into a describer throttled to 5 descriptions/s: it describes recent frames
     only (the rest are dropped, not queued) and its memory stays flat."""
-    assert h.set_param("max_rate_hz", 5.0).successful
-    try:
+    with h.max_rate(5.0):
         dropped_before = int(h.diag("frames_dropped_newer"))
         camera = start_node("camera_sim", {"rate_hz": 30.0, "max_frames": int(30 * seconds), "frame_id": "flood",
                                            "scene_period_s": 0.5}, ["-r", f"__ns:={NS}"])
@@ -522,8 +529,6 @@ def test_flood_keeps_no_queue_and_no_memory_growth(h, start_node, seconds):
         assert max(ages) < 0.5 and max(delays[len(delays) // 2:]) < 1.5, report
         assert dropped > 10 * seconds, report  # newer frames replaced older ones instead of queueing
         assert rss_end <= rss_start * 1.10 + 5, report
-    finally:
-        h.set_param("max_rate_hz", DESCRIBER_PARAMS["max_rate_hz"])
 
 
 # ------------------------------------------------------------------ parameters and lifecycle
